@@ -1,0 +1,26 @@
+"""saddlestudy: when training stalls at a small gradient, is it a local minimum or a saddle?
+
+Public API (the stages of the pipeline, data -> model -> training -> spectrum):
+"""
+
+from saddlestudy.hessian import dense_hessian, grad_norm_sq, gradient, hvp
+from saddlestudy.losses import make_loss_fn
+from saddlestudy.models import MLP, MLPConfig, init_params, init_replicas, make_apply
+from saddlestudy.spectrum import Spectrum, hessian_spectrum
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MLP",
+    "MLPConfig",
+    "Spectrum",
+    "dense_hessian",
+    "grad_norm_sq",
+    "gradient",
+    "hessian_spectrum",
+    "hvp",
+    "init_params",
+    "init_replicas",
+    "make_apply",
+    "make_loss_fn",
+]
