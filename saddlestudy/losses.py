@@ -59,6 +59,44 @@ def default_loss(task: str) -> str:
     raise ValueError(f"unknown task {task!r}; expected 'regression' or 'classification'")
 
 
+def make_batch_loss_fn(
+    apply: Callable[[Params, jax.Array], jax.Array],
+    *,
+    loss: str = "mse",
+    l2: float = 0.0,
+) -> Callable[[Params, tuple[jax.Array, jax.Array]], jax.Array]:
+    """A pure ``loss(params, (x, y))`` of a model on any batch (minibatch training).
+
+    Args:
+      apply: pure forward pass ``apply(params, x)``.
+      loss: a key of :data:`LOSSES`.
+      l2: weight-decay coefficient; adds ``l2/2 ||theta||^2``.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; choose from {sorted(LOSSES)}")
+    l2 = float(l2)
+    if not (l2 >= 0.0 and l2 < float("inf")):
+        raise ValueError(f"l2 must be a finite number >= 0, got {l2}")
+    pointwise = LOSSES[loss]
+
+    def batch_loss_fn(params: Params, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
+        x, y = batch
+        value = pointwise(apply(params, x), y)
+        if l2:
+            value = value + l2 * l2_penalty(params)
+        return value
+
+    return batch_loss_fn
+
+
+def check_targets(y: jax.Array, loss: str) -> None:
+    """Raises a clear ValueError when targets do not suit the loss."""
+    if loss == "cross_entropy" and not jnp.issubdtype(jnp.asarray(y).dtype, jnp.integer):
+        raise ValueError("loss 'cross_entropy' needs integer class labels as y")
+    if loss != "cross_entropy" and jnp.ndim(y) != 2:
+        raise ValueError(f"loss {loss!r} needs targets of shape (N, k), got shape {jnp.shape(y)}")
+
+
 def make_loss_fn(
     apply: Callable[[Params, jax.Array], jax.Array],
     x: jax.Array,
@@ -79,21 +117,10 @@ def make_loss_fn(
     Returns:
       ``loss_fn(params) -> scalar``, jit/vmap/grad-able.
     """
-    if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; choose from {sorted(LOSSES)}")
-    l2 = float(l2)
-    if not (l2 >= 0.0 and l2 < float("inf")):
-        raise ValueError(f"l2 must be a finite number >= 0, got {l2}")
-    if loss == "cross_entropy" and not jnp.issubdtype(jnp.asarray(y).dtype, jnp.integer):
-        raise ValueError("loss 'cross_entropy' needs integer class labels as y")
-    if loss != "cross_entropy" and jnp.ndim(y) != 2:
-        raise ValueError(f"loss {loss!r} needs targets of shape (N, k), got shape {jnp.shape(y)}")
-    pointwise = LOSSES[loss]
+    batch_loss_fn = make_batch_loss_fn(apply, loss=loss, l2=l2)
+    check_targets(y, loss)
 
     def loss_fn(params: Params) -> jax.Array:
-        value = pointwise(apply(params, x), y)
-        if l2:
-            value = value + l2 * l2_penalty(params)
-        return value
+        return batch_loss_fn(params, (x, y))
 
     return loss_fn
