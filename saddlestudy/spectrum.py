@@ -79,7 +79,7 @@ class Spectrum:
 
     def with_zero_tol(self, zero_tol: float) -> Spectrum:
         """The same spectrum counted with another zero tolerance (no recomputation)."""
-        zero_tol = _check_zero_tol(zero_tol)
+        zero_tol = check_zero_tol(zero_tol)
         return dataclasses.replace(self, zero_tol=zero_tol, **_counts(self.eigenvalues, zero_tol))
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,7 +96,7 @@ class Spectrum:
         return out
 
 
-def _check_zero_tol(zero_tol: Any) -> float:
+def check_zero_tol(zero_tol: Any) -> float:
     try:
         value = float(zero_tol)
     except (TypeError, ValueError) as err:
@@ -173,7 +173,7 @@ def hessian_spectrum(
     """
     if method not in METHODS:
         raise ValueError(f"unknown spectrum method {method!r}; choose from {METHODS}")
-    zero_tol = _check_zero_tol(zero_tol)
+    zero_tol = check_zero_tol(zero_tol)
     _validate(loss_fn, params)
 
     eigenvalues, v_flat, finite = _dense_eigh(loss_fn, params)

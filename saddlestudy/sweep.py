@@ -17,15 +17,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from saddlestudy import data, losses, models, spectrum, train
-
-_OPTIMIZERS = {
-    "sgd": optax.sgd,
-    "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
-    "adam": optax.adam,
-}
+from saddlestudy import data, losses, models, optim, spectrum, train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +43,10 @@ class SweepConfig:
         """Raises one clear ValueError naming the first bad field, before any computation."""
         if self.dataset not in data.DATASETS:
             raise ValueError(f"dataset: unknown {self.dataset!r}; choose from {data.DATASETS}")
-        if self.optimizer not in _OPTIMIZERS:
-            raise ValueError(
-                f"optimizer: unknown {self.optimizer!r}; choose from {sorted(_OPTIMIZERS)}"
-            )
+        try:
+            optim.make_optimizer(self.optimizer, learning_rate=self.learning_rate)
+        except ValueError as err:
+            raise ValueError(f"optimizer: {err}") from None
         if self.activation not in models.ACTIVATIONS:
             raise ValueError(
                 f"activation: unknown {self.activation!r}; choose from {sorted(models.ACTIVATIONS)}"
@@ -66,11 +59,9 @@ class SweepConfig:
             raise ValueError(f"replicas: must be >= 1, got {self.num_replicas}")
         if self.num_steps < 1:
             raise ValueError(f"steps: must be >= 1, got {self.num_steps}")
-        if not (self.learning_rate > 0 and np.isfinite(self.learning_rate)):
-            raise ValueError(f"learning_rate: must be finite and > 0, got {self.learning_rate}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype: must be float32 or float64, got {self.dtype!r}")
-        spectrum._check_zero_tol(self.zero_tol)
+        spectrum.check_zero_tol(self.zero_tol)
 
     def dataset_kwargs(self) -> dict:
         kwargs: dict = {"dtype": self.dtype}
@@ -115,7 +106,7 @@ def run(config: SweepConfig) -> list[dict]:
             arch, jax.random.fold_in(key, width), config.num_replicas, dtype
         )
         t0 = time.perf_counter()
-        optimizer = _OPTIMIZERS[config.optimizer](config.learning_rate)
+        optimizer = optim.make_optimizer(config.optimizer, learning_rate=config.learning_rate)
         result = train.train_replicas(loss_fn, params_R, optimizer, config.num_steps)
         jax.block_until_ready(result)
         t1 = time.perf_counter()
@@ -230,7 +221,7 @@ def parse_args(argv: Sequence[str] | None) -> SweepConfig:
     parser.add_argument(
         "--optimizer",
         default=defaults.optimizer,
-        help=f"one of {sorted(_OPTIMIZERS)} (default %(default)s)",
+        help=f"one of {', '.join(optim.OPTIMIZERS)} (default %(default)s)",
     )
     parser.add_argument(
         "--learning-rate", type=float, default=defaults.learning_rate, help="(default %(default)s)"
