@@ -1,0 +1,437 @@
+"""Study configs: a TOML schema, strict validation, expansion into cells, and hashing.
+
+A study is a grid. Its TOML file has these tables (every key optional unless marked):
+
+```toml
+[study]
+name = "default"            # required; results go to OUT/<name>/
+description = ""
+seed = 0                    # one seed; replicas, cells and streams derive from it
+dtype = "float64"           # "float64" (critical points need it) or "float32"
+
+[[data]]                    # one table per dataset; any keyword of data.load_dataset
+name = "digits"             # required
+pca_dim = 8
+
+[model]                     # each key a value or a list of values (grid axes)
+depth = [1]
+width = [2, 4, 8]           # an int per hidden layer, or a list per layer: [[8, 4]]
+activation = ["tanh"]
+use_bias = true
+loss = "auto"               # "auto" (cross-entropy to classify, mse to regress) or a loss name
+l2 = 0.0
+
+[[optimizer]]               # one table per optimizer: name + make_optimizer hyperparameters
+name = "irprop-"
+learning_rate = 0.01
+
+[train]
+num_steps = 1000
+record_every = 50
+replicas = 8
+batch_size = 0              # 0 = full batch
+snapshot_steps = [100]      # starts for the finder, besides the end point
+snapshot_losses = []
+
+[finder]
+method = ["newton_mr"]      # a value or a list (grid axis)
+grad_tol = 1e-10
+max_iters = 100
+
+[spectrum]
+dense_max_params = 2000     # dense spectra up to this P, the large method beyond
+large_method = "lanczos"    # "lanczos" or "slq"
+num_matvecs = 64
+zero_tols = [1e-8, 1e-6, 1e-5, 1e-4]
+```
+
+Errors name the key (``model.width: ...``) in one line, before anything is computed.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from saddlestudy import data, losses, models, optim
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+DEFAULT_STUDY = "default"
+FINDER_METHODS = ("newton_mr", "gradnorm", "damped_newton", "saddle_free_newton")
+LARGE_SPECTRUM_METHODS = ("lanczos", "slq")
+
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "study": {"name": None, "description": "", "seed": 0, "dtype": "float64"},
+    "model": {
+        "depth": [1],
+        "width": [8],
+        "activation": ["tanh"],
+        "use_bias": True,
+        "loss": "auto",
+        "l2": 0.0,
+    },
+    "train": {
+        "num_steps": 1000,
+        "record_every": 50,
+        "replicas": 8,
+        "batch_size": 0,
+        "snapshot_steps": [],
+        "snapshot_losses": [],
+    },
+    "finder": {"method": ["newton_mr"], "grad_tol": 1e-10, "max_iters": 100},
+    "spectrum": {
+        "dense_max_params": 2000,
+        "large_method": "lanczos",
+        "num_matvecs": 64,
+        "zero_tols": [1e-8, 1e-6, 1e-5, 1e-4],
+    },
+}
+_GRID_KEYS = {("model", "depth"), ("model", "width"), ("model", "activation"), ("finder", "method")}
+_TABLES = {"study", "data", "model", "optimizer", "train", "finder", "spectrum"}
+
+
+class ConfigError(ValueError):
+    """A bad study config; the message names the key."""
+
+
+def _fail(key: str, message: str):
+    raise ConfigError(f"{key}: {message}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _as_list(key: str, value) -> list:
+    out = value if isinstance(value, list) else [value]
+    if not out:
+        _fail(key, "needs at least one value")
+    return out
+
+
+def _check_widths(key: str, widths: list, depths: list) -> None:
+    for w in widths:
+        if _is_int(w):
+            if w < 1:
+                _fail(key, f"widths must be >= 1, got {w}")
+        elif isinstance(w, list) and all(_is_int(v) and v >= 1 for v in w):
+            if not any(len(w) == d for d in depths):
+                _fail(key, f"per-layer widths {w} match no depth in model.depth {depths}")
+        else:
+            _fail(key, f"expected an int or a list of ints per layer, got {w!r}")
+
+
+def resolve(raw: dict) -> dict:
+    """Validates a parsed TOML study and fills in defaults; returns the resolved config.
+
+    Raises:
+      ConfigError: naming the first bad key.
+    """
+    if not isinstance(raw, dict):
+        _fail("config", "must be a TOML table")
+    unknown = sorted(set(raw) - _TABLES)
+    if unknown:
+        _fail(unknown[0], f"unknown table; expected one of {sorted(_TABLES)}")
+    cfg: dict[str, Any] = {}
+    for table, defaults in _DEFAULTS.items():
+        given = raw.get(table, {})
+        if not isinstance(given, dict):
+            _fail(table, "must be a table ([...])")
+        extra = sorted(set(given) - set(defaults))
+        if extra:
+            _fail(f"{table}.{extra[0]}", f"unknown key; known keys: {sorted(defaults)}")
+        cfg[table] = {**copy.deepcopy(defaults), **copy.deepcopy(given)}
+    for table, key in _GRID_KEYS:
+        cfg[table][key] = _as_list(f"{table}.{key}", cfg[table][key])
+
+    study = cfg["study"]
+    if not isinstance(study["name"], str) or not study["name"]:
+        _fail("study.name", "a non-empty string is required")
+    if any(c in study["name"] for c in "/\\") or study["name"].startswith("."):
+        _fail("study.name", f"must be a plain directory name, got {study['name']!r}")
+    if not _is_int(study["seed"]):
+        _fail("study.seed", f"must be an int, got {study['seed']!r}")
+    if study["dtype"] not in ("float32", "float64"):
+        _fail("study.dtype", f"must be 'float32' or 'float64', got {study['dtype']!r}")
+
+    datasets = raw.get("data")
+    if datasets is None:
+        _fail("data", "at least one [[data]] table is required")
+    datasets = _as_list("data", datasets)
+    cfg["data"] = []
+    for i, entry in enumerate(datasets):
+        key = f"data[{i}]"
+        if not isinstance(entry, dict) or "name" not in entry:
+            _fail(key, "each [[data]] table needs a name")
+        if entry["name"] not in data.DATASETS:
+            _fail(f"{key}.name", f"unknown dataset {entry['name']!r}; choose from {data.DATASETS}")
+        if "dtype" in entry:
+            _fail(f"{key}.dtype", "set the precision once, in study.dtype")
+        cfg["data"].append(dict(entry))
+
+    model = cfg["model"]
+    for d in model["depth"]:
+        if not _is_int(d) or d < 0:
+            _fail("model.depth", f"depths must be ints >= 0, got {d!r}")
+    _check_widths("model.width", model["width"], model["depth"])
+    for a in model["activation"]:
+        if a not in models.ACTIVATIONS:
+            _fail("model.activation", f"unknown {a!r}; choose from {sorted(models.ACTIVATIONS)}")
+    if not isinstance(model["use_bias"], bool):
+        _fail("model.use_bias", f"must be true or false, got {model['use_bias']!r}")
+    if model["loss"] != "auto" and model["loss"] not in losses.LOSSES:
+        _fail(
+            "model.loss",
+            f"unknown {model['loss']!r}; choose 'auto' or from {sorted(losses.LOSSES)}",
+        )
+    if not _is_number(model["l2"]) or model["l2"] < 0:
+        _fail("model.l2", f"must be a number >= 0, got {model['l2']!r}")
+
+    optimizers = raw.get("optimizer")
+    if optimizers is None:
+        _fail("optimizer", "at least one [[optimizer]] table is required")
+    cfg["optimizer"] = []
+    for i, entry in enumerate(_as_list("optimizer", optimizers)):
+        key = f"optimizer[{i}]"
+        if not isinstance(entry, dict) or "name" not in entry:
+            _fail(key, "each [[optimizer]] table needs a name")
+        hparams = {k: v for k, v in entry.items() if k != "name"}
+        try:
+            optim.make_optimizer(entry["name"], **hparams)
+        except (ValueError, TypeError) as err:
+            _fail(key, str(err))
+        cfg["optimizer"].append(dict(entry))
+
+    train_cfg = cfg["train"]
+    for key in ("num_steps", "record_every", "replicas"):
+        if not _is_int(train_cfg[key]) or train_cfg[key] < 1:
+            _fail(f"train.{key}", f"must be an int >= 1, got {train_cfg[key]!r}")
+    if train_cfg["num_steps"] % train_cfg["record_every"]:
+        _fail("train.record_every", f"must divide train.num_steps ({train_cfg['num_steps']})")
+    if not _is_int(train_cfg["batch_size"]) or train_cfg["batch_size"] < 0:
+        _fail(
+            "train.batch_size",
+            f"must be an int >= 0 (0 = full batch), got {train_cfg['batch_size']!r}",
+        )
+    steps = (
+        _as_list("train.snapshot_steps", train_cfg["snapshot_steps"])
+        if train_cfg["snapshot_steps"]
+        else []
+    )
+    for s in steps:
+        if not _is_int(s) or not 0 <= s <= train_cfg["num_steps"]:
+            _fail("train.snapshot_steps", f"steps must be ints in [0, num_steps], got {s!r}")
+    for v in train_cfg["snapshot_losses"]:
+        if not _is_number(v):
+            _fail("train.snapshot_losses", f"loss levels must be numbers, got {v!r}")
+
+    finder = cfg["finder"]
+    for m in finder["method"]:
+        if m not in FINDER_METHODS:
+            _fail("finder.method", f"unknown {m!r}; choose from {FINDER_METHODS}")
+    if not _is_number(finder["grad_tol"]) or not finder["grad_tol"] > 0:
+        _fail("finder.grad_tol", f"must be a number > 0, got {finder['grad_tol']!r}")
+    if not _is_int(finder["max_iters"]) or finder["max_iters"] < 1:
+        _fail("finder.max_iters", f"must be an int >= 1, got {finder['max_iters']!r}")
+
+    spec = cfg["spectrum"]
+    if not _is_int(spec["dense_max_params"]) or spec["dense_max_params"] < 1:
+        _fail("spectrum.dense_max_params", f"must be an int >= 1, got {spec['dense_max_params']!r}")
+    if spec["large_method"] not in LARGE_SPECTRUM_METHODS:
+        _fail(
+            "spectrum.large_method",
+            f"unknown {spec['large_method']!r}; choose from {LARGE_SPECTRUM_METHODS}",
+        )
+    if not _is_int(spec["num_matvecs"]) or spec["num_matvecs"] < 2:
+        _fail("spectrum.num_matvecs", f"must be an int >= 2, got {spec['num_matvecs']!r}")
+    tols = _as_list("spectrum.zero_tols", spec["zero_tols"])
+    if not all(_is_number(t) and t >= 0 for t in tols):
+        _fail("spectrum.zero_tols", f"tolerances must be numbers >= 0, got {tols!r}")
+    spec["zero_tols"] = sorted(float(t) for t in tols)
+    return cfg
+
+
+def config_hash(cfg: dict) -> str:
+    """A short hash of the resolved config (canonical JSON)."""
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load(path_or_name: str | Path | None = None) -> dict:
+    """Loads and resolves a study: a TOML path, a name in experiments/, or the default."""
+    if path_or_name is None:
+        path_or_name = DEFAULT_STUDY
+    path = Path(path_or_name)
+    if not path.suffix and not path.exists():
+        path = EXPERIMENTS / f"{path_or_name}.toml"
+    if not path.is_file():
+        raise ConfigError(f"config: file not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config: {path} is not valid TOML: {err}") from None
+    return resolve(raw)
+
+
+def _arch(ds: data.Dataset, depth: int, width, activation: str, use_bias: bool) -> models.MLPConfig:
+    if isinstance(width, list):
+        width = tuple(width)
+    return models.MLPConfig(
+        in_features=ds.input_dim,
+        out_features=ds.output_dim,
+        depth=depth,
+        width=width if depth else 1,
+        activation=activation,
+        use_bias=use_bias,
+    )
+
+
+def load_cell_dataset(cfg: dict, entry: dict) -> data.Dataset:
+    """The dataset of a [[data]] entry in the study's dtype."""
+    kwargs = {k: v for k, v in entry.items() if k != "name"}
+    return data.load_dataset(entry["name"], dtype=cfg["study"]["dtype"], **kwargs)
+
+
+def expand(cfg: dict, datasets: list[data.Dataset] | None = None) -> list[dict]:
+    """The cells of the grid, each a plain dict with a stable ``cell_id``.
+
+    Raises:
+      ConfigError: a dataset's arguments are wrong, or an architecture is impossible, or
+        dense spectra would not fit in memory.
+    """
+    if datasets is None:
+        datasets = []
+        for i, entry in enumerate(cfg["data"]):
+            try:
+                datasets.append(load_cell_dataset(cfg, entry))
+            except (ValueError, TypeError) as err:
+                _fail(f"data[{i}]", str(err))
+    model = cfg["model"]
+    cells = []
+    grid = itertools.product(
+        range(len(datasets)),
+        model["depth"],
+        model["width"],
+        model["activation"],
+        range(len(cfg["optimizer"])),
+        cfg["finder"]["method"],
+    )
+    for d_index, depth, width, activation, o_index, finder_method in grid:
+        if isinstance(width, list) and len(width) != depth:
+            continue  # per-layer widths only pair with their own depth
+        if depth == 0 and width != model["width"][0]:
+            continue  # a linear model has no hidden width: one cell, not one per width
+        ds = datasets[d_index]
+        try:
+            arch = _arch(ds, depth, width, activation, model["use_bias"])
+        except ValueError as err:
+            _fail("model", str(err))
+        loss = losses.default_loss(ds.task) if model["loss"] == "auto" else model["loss"]
+        if loss == "cross_entropy" and ds.task != "classification":
+            _fail("model.loss", f"cross_entropy needs a classification dataset, not {ds.name}")
+        if cfg["train"]["batch_size"] > ds.num_samples:
+            _fail(
+                "train.batch_size",
+                f"{cfg['train']['batch_size']} exceeds the {ds.num_samples} samples of {ds.name}",
+            )
+        cell = {
+            "data": cfg["data"][d_index],
+            "dataset": ds.name,
+            "depth": depth,
+            "width": width,
+            "activation": activation,
+            "use_bias": model["use_bias"],
+            "loss": loss,
+            "l2": model["l2"],
+            "num_params": arch.num_params,
+            "optimizer": cfg["optimizer"][o_index],
+            "finder_method": finder_method,
+            "spectrum_method": "dense"
+            if arch.num_params <= cfg["spectrum"]["dense_max_params"]
+            else cfg["spectrum"]["large_method"],
+            "num_samples": ds.num_samples,
+        }
+        settings = {k: cfg[k] for k in ("train", "finder", "spectrum")}
+        key = json.dumps(
+            {
+                "cell": cell,
+                "settings": settings,
+                "seed": cfg["study"]["seed"],
+                "dtype": cfg["study"]["dtype"],
+            },
+            sort_keys=True,
+        )
+        cell["cell_id"] = hashlib.sha256(key.encode()).hexdigest()[:16]
+        cells.append(cell)
+    _check_dense_memory(cfg, cells)
+    return cells
+
+
+def num_starts(cfg: dict) -> int:
+    """Finder starts per replica: the snapshots plus the end point."""
+    t = cfg["train"]
+    return len(t["snapshot_steps"]) + len(t["snapshot_losses"]) + 1
+
+
+def _available_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def _check_dense_memory(cfg: dict, cells: list[dict]) -> None:
+    dense = [c["num_params"] for c in cells if c["spectrum_method"] == "dense"]
+    if not dense:
+        return
+    itemsize = 8 if cfg["study"]["dtype"] == "float64" else 4
+    # One Hessian at a time per point, plus eigh's workspace (about 3 matrices).
+    need = 3 * max(dense) ** 2 * itemsize
+    have = _available_memory()
+    if need > 0.5 * have:
+        _fail(
+            "spectrum.dense_max_params",
+            f"a dense spectrum at P={max(dense)} needs about {need / 2**30:.1f} GiB, more than "
+            f"half the {have / 2**30:.1f} GiB available; lower dense_max_params",
+        )
+
+
+def describe(cfg: dict, cells: list[dict]) -> str:
+    """The expanded cells and an estimate of the work, for ``--dry-run``."""
+    t = cfg["train"]
+    lines = [f"study {cfg['study']['name']} (config {config_hash(cfg)}): {len(cells)} cells"]
+    lines.append(
+        f"{'cell_id':16}  {'dataset':18} {'depth':>5} {'width':>8} {'act':8} {'P':>7} "
+        f"{'optimizer':10} {'finder':18} spectrum"
+    )
+    points = 0
+    work = 0.0
+    for c in cells:
+        n = t["replicas"] * num_starts(cfg)
+        points += n
+        # Rough cost model in parameter-sample products: training steps plus finder iterations
+        # (each about 2P HVPs), plus dense Hessians (P HVPs) per point.
+        P, N = c["num_params"], c["num_samples"]
+        work += t["replicas"] * t["num_steps"] * P * N * 3
+        work += n * cfg["finder"]["max_iters"] * min(P, 50) * P * N * 4
+        if c["spectrum_method"] == "dense":
+            work += n * P * P * N * 4
+        lines.append(
+            f"{c['cell_id']:16}  {c['dataset']:18} {c['depth']:>5} {str(c['width']):>8} "
+            f"{c['activation']:8} {c['num_params']:>7} {c['optimizer']['name']:10} "
+            f"{c['finder_method']:18} {c['spectrum_method']}"
+        )
+    lines.append(
+        f"total: {len(cells)} cells, {points} finder starts ({t['replicas']} replicas x "
+        f"{num_starts(cfg)} starts per cell), about {work:.2e} multiply-adds (upper bound)"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,159 @@
+import copy
+import tomllib
+
+import pytest
+
+from saddlestudy import config
+
+BASE = {
+    "study": {"name": "t", "seed": 1},
+    "data": [{"name": "digits", "pca_dim": 4, "num_samples": 64}],
+    "model": {"depth": [1, 2], "width": [3, 5], "activation": ["tanh", "relu"]},
+    "optimizer": [
+        {"name": "irprop-", "learning_rate": 0.01},
+        {"name": "adam", "learning_rate": 0.01},
+    ],
+    "train": {"num_steps": 100, "record_every": 10, "replicas": 2, "snapshot_steps": [10]},
+    "finder": {"method": ["newton_mr", "gradnorm"]},
+}
+
+
+def with_(path, value):
+    raw = copy.deepcopy(BASE)
+    node = raw
+    *parents, last = path
+    for p in parents:
+        node = node[p]
+    node[last] = value
+    return raw
+
+
+def test_resolve_fills_defaults_and_expand_makes_the_grid():
+    cfg = config.resolve(copy.deepcopy(BASE))
+    assert cfg["spectrum"]["zero_tols"] == [1e-8, 1e-6, 1e-5, 1e-4]
+    assert cfg["study"]["dtype"] == "float64"
+    cells = config.expand(cfg)
+    assert len(cells) == 2 * 2 * 2 * 2 * 2  # depth x width x activation x optimizer x finder
+    assert len({c["cell_id"] for c in cells}) == len(cells)
+    assert config.num_starts(cfg) == 2
+    by = {(c["depth"], c["width"]): c["num_params"] for c in cells}
+    assert by[(1, 3)] == 4 * 3 + 3 + 3 * 10 + 10
+    assert by[(2, 5)] == 4 * 5 + 5 + 5 * 5 + 5 + 5 * 10 + 10
+
+
+def test_hash_and_cell_ids_are_stable_and_sensitive():
+    a = config.resolve(copy.deepcopy(BASE))
+    b = config.resolve(copy.deepcopy(BASE))
+    assert config.config_hash(a) == config.config_hash(b)
+    assert [c["cell_id"] for c in config.expand(a)] == [c["cell_id"] for c in config.expand(b)]
+    c = config.resolve(with_(["finder", "grad_tol"], 1e-8))
+    assert config.config_hash(c) != config.config_hash(a)
+    assert not {x["cell_id"] for x in config.expand(c)} & {x["cell_id"] for x in config.expand(a)}
+
+
+def test_per_layer_widths_pair_with_their_depth_and_depth_zero_once():
+    cfg = config.resolve(with_(["model"], {"depth": [0, 2], "width": [3, [4, 2]]}))
+    cells = config.expand(cfg)
+    shapes = {(c["depth"], str(c["width"])) for c in cells}
+    assert shapes == {(0, "3"), (2, "3"), (2, "[4, 2]")}
+
+
+def test_dense_threshold_picks_the_large_method():
+    cfg = config.resolve(with_(["spectrum"], {"dense_max_params": 60, "large_method": "slq"}))
+    methods = {c["num_params"]: c["spectrum_method"] for c in config.expand(cfg)}
+    assert all((m == "dense") == (P <= 60) for P, m in methods.items())
+
+
+@pytest.mark.parametrize(
+    "path,value,key",
+    [
+        (["study", "color"], "red", "study.color"),
+        (["physics"], {}, "physics"),
+        (["study", "name"], "", "study.name"),
+        (["study", "name"], "../evil", "study.name"),
+        (["study", "seed"], "zero", "study.seed"),
+        (["study", "dtype"], "float16", "study.dtype"),
+        (["data"], [{"name": "cifar10"}], "data[0].name"),
+        (["data"], [{"pca_dim": 3}], "data[0]"),
+        (["model", "depth"], [-1], "model.depth"),
+        (["model", "width"], [0], "model.width"),
+        (["model", "width"], ["wide"], "model.width"),
+        (["model", "width"], [[3, 3, 3]], "model.width"),
+        (["model", "activation"], "cube", "model.activation"),
+        (["model", "loss"], "hinge", "model.loss"),
+        (["optimizer"], [{"name": "lbfgs", "learning_rate": 0.1}], "optimizer[0]"),
+        (["optimizer"], [{"name": "irprop-", "learning_rate": -1.0}], "optimizer[0]"),
+        (["optimizer"], [{"name": "adam", "learning_rate": 0.1, "beta": 0.9}], "optimizer[0]"),
+        (["train", "num_steps"], 0, "train.num_steps"),
+        (["train", "num_steps"], 1.5, "train.num_steps"),
+        (["train", "record_every"], 7, "train.record_every"),
+        (["train", "snapshot_steps"], [1000], "train.snapshot_steps"),
+        (["train", "batch_size"], -2, "train.batch_size"),
+        (["finder", "method"], ["bfgs"], "finder.method"),
+        (["finder", "grad_tol"], 0, "finder.grad_tol"),
+        (["spectrum"], {"large_method": "power"}, "spectrum.large_method"),
+        (["spectrum"], {"zero_tols": [-1.0]}, "spectrum.zero_tols"),
+        (["spectrum"], {"num_matvecs": 1}, "spectrum.num_matvecs"),
+    ],
+)
+def test_config_errors_name_the_key_in_one_line(path, value, key):
+    with pytest.raises(config.ConfigError) as err:
+        cfg = config.resolve(with_(path, value))
+        config.expand(cfg)
+    message = str(err.value)
+    assert message.startswith(key), message
+    assert "\n" not in message
+
+
+def test_expand_errors_name_the_key():
+    cfg = config.resolve(with_(["data"], [{"name": "digits", "pca_dim": 999}]))
+    with pytest.raises(config.ConfigError, match=r"^data\[0\]"):
+        config.expand(cfg)
+    cfg = config.resolve(with_(["train", "batch_size"], 10_000))
+    with pytest.raises(config.ConfigError, match=r"^train\.batch_size"):
+        config.expand(cfg)
+    cfg = config.resolve(with_(["model", "loss"], "cross_entropy"))
+    cfg["data"] = [{"name": "teacher_student", "num_samples": 16}]
+    with pytest.raises(config.ConfigError, match=r"^model\.loss"):
+        config.expand(cfg)
+
+
+def test_dense_spectra_that_cannot_fit_are_refused(monkeypatch):
+    monkeypatch.setattr(config, "_available_memory", lambda: 2**16)  # 64 KiB
+    cfg = config.resolve(copy.deepcopy(BASE))
+    with pytest.raises(config.ConfigError, match=r"^spectrum\.dense_max_params"):
+        config.expand(cfg)
+
+
+def test_load_by_name_path_and_errors(tmp_path):
+    cfg = config.load()  # the embedded default study
+    assert cfg["study"]["name"] == "default"
+    cells = config.expand(cfg)
+    Ps = sorted({c["num_params"] for c in cells})
+    assert len(Ps) >= 4 and Ps[-1] / Ps[0] >= 10 and cfg["train"]["replicas"] >= 8
+    names = {c["optimizer"]["name"] for c in cells}
+    assert names & {"irprop-", "irprop+", "rprop-", "rprop+", "quickprop"} and names & {
+        "adam",
+        "sgd",
+        "momentum",
+    }
+    with pytest.raises(config.ConfigError, match="not found"):
+        config.load(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[study\nname=")
+    with pytest.raises(config.ConfigError, match="not valid TOML"):
+        config.load(bad)
+
+
+def test_every_experiment_file_is_valid():
+    for path in sorted(config.EXPERIMENTS.glob("*.toml")):
+        raw = tomllib.loads(path.read_text())
+        if "optimizer" not in raw:  # not a sweep study (e.g. the lecture example's config)
+            continue
+        config.expand(config.resolve(raw))
+
+
+def test_describe_lists_cells_and_work():
+    cfg = config.resolve(copy.deepcopy(BASE))
+    text = config.describe(cfg, config.expand(cfg))
+    assert "32 cells" in text and "128 finder starts" in text and "multiply-adds" in text
