@@ -1,0 +1,247 @@
+"""From a results store to findings: aggregates with bootstrap intervals and their counts.
+
+Every function takes the study as a pandas DataFrame (:func:`load`) and returns a
+DataFrame. Points are always split by their ``status``: ``"converged"`` (a true critical
+point to the finder's tolerance), ``"gradient_flat"`` (the finder stalled where the gradient
+lies in the Hessian's near-kernel; Frye et al. 2021) and ``"not_converged"``. Aggregates over
+critical points use converged points only and report how many of each status were left out.
+
+A point is a **minimum** when it has no eigenvalue below ``-zero_tol`` (shared/SCIENCE.md §1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, stats
+
+from saddlestudy import store
+
+ARCH = ["num_params", "depth", "widths", "activation"]
+DEFAULT_ZERO_TOL = 1e-5
+
+
+def load(root: str | Path, study: str | None = None) -> pd.DataFrame:
+    """The study's rows, with a ``status`` column (converged / gradient_flat / not_converged)."""
+    df = store.load_results(root, study).to_pandas()
+    return with_status(df)
+
+
+def with_status(df: pd.DataFrame) -> pd.DataFrame:
+    status = np.where(
+        df["converged"],
+        "converged",
+        np.where(df["gradient_flat"], "gradient_flat", "not_converged"),
+    )
+    return df.assign(status=pd.Categorical(status, ["converged", "gradient_flat", "not_converged"]))
+
+
+def tol_column(kind: str, zero_tol: float) -> str:
+    """The stored column of a count at a zero tolerance, e.g. ``num_negative@1e-5``."""
+    return f"{kind}@{zero_tol:.0e}".replace("e-0", "e-").replace("e+0", "e+")
+
+
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray,
+    statistic: Callable[[np.ndarray], float] = np.mean,
+    *,
+    num_resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Estimate and percentile bootstrap interval of ``statistic`` (NaNs if no values)."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return math.nan, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    resampled = x[rng.integers(0, x.size, size=(num_resamples, x.size))]
+    boot = np.apply_along_axis(statistic, 1, resampled)
+    alpha = (1 - level) / 2
+    return float(statistic(x)), float(np.quantile(boot, alpha)), float(np.quantile(boot, 1 - alpha))
+
+
+def _row(by: Sequence[str], key, group: pd.DataFrame, **fields) -> dict:
+    """One output row: the group's key columns, its counts per status, then ``fields``."""
+    key = key if isinstance(key, tuple) else (key,)
+    return {**dict(zip(by, key)), **_counts(group), **fields}
+
+
+def _counts(group: pd.DataFrame) -> dict[str, int]:
+    return {
+        "num_points": len(group),
+        "num_converged": int((group["status"] == "converged").sum()),
+        "num_gradient_flat": int((group["status"] == "gradient_flat").sum()),
+        "num_not_converged": int((group["status"] == "not_converged").sum()),
+    }
+
+
+def _is_minimum(df: pd.DataFrame, zero_tol: float) -> np.ndarray:
+    return (df[tol_column("num_negative", zero_tol)] == 0).to_numpy()
+
+
+def _index(df: pd.DataFrame, zero_tol: float) -> np.ndarray:
+    return (df[tol_column("num_negative", zero_tol)] / df["num_params"]).to_numpy(float)
+
+
+def _minimum_ratio(df: pd.DataFrame, zero_tol: float) -> np.ndarray:
+    return (df[tol_column("num_positive", zero_tol)] / df["num_params"]).to_numpy(float)
+
+
+def fraction_minima(
+    df: pd.DataFrame, by: Sequence[str] = ARCH, *, zero_tol: float = DEFAULT_ZERO_TOL
+) -> pd.DataFrame:
+    """Fraction of minima among converged critical points per group, with a 95% CI."""
+    out = []
+    for key, group in df.groupby(list(by), observed=True, sort=True):
+        conv = group[group["status"] == "converged"]
+        est, lo, hi = bootstrap_ci(_is_minimum(conv, zero_tol).astype(float))
+        minima = int(_is_minimum(conv, zero_tol).sum())
+        out.append(
+            _row(by, key, group, num_minima=minima, fraction_minima=est, ci_low=lo, ci_high=hi)
+        )
+    return pd.DataFrame(out)
+
+
+def index_summary(
+    df: pd.DataFrame, by: Sequence[str] = ARCH, *, zero_tol: float = DEFAULT_ZERO_TOL
+) -> pd.DataFrame:
+    """Median index of converged points per group with a 95% CI, and counts per status."""
+    out = []
+    for key, group in df.groupby(list(by), observed=True, sort=True):
+        conv = group[group["status"] == "converged"]
+        est, lo, hi = bootstrap_ci(_index(conv, zero_tol), np.median)
+        median_loss = float(conv["loss"].median()) if len(conv) else math.nan
+        out.append(
+            _row(by, key, group, median_index=est, ci_low=lo, ci_high=hi, median_loss=median_loss)
+        )
+    return pd.DataFrame(out)
+
+
+def index_vs_loss(
+    df: pd.DataFrame, by: Sequence[str] = ARCH, *, zero_tol: float = DEFAULT_ZERO_TOL
+) -> pd.DataFrame:
+    """Spearman rank correlation of index with loss per group (converged points), with CI."""
+    out = []
+    for key, group in df.groupby(list(by), observed=True, sort=True):
+        conv = group[group["status"] == "converged"]
+        pairs = np.column_stack([conv["loss"].to_numpy(float), _index(conv, zero_tol)])
+
+        def rho(rows, pairs=pairs):
+            sample = pairs[rows.astype(int)]
+            if np.ptp(sample[:, 0]) == 0 or np.ptp(sample[:, 1]) == 0:
+                return math.nan
+            return stats.spearmanr(sample[:, 0], sample[:, 1]).statistic
+
+        if len(conv) >= 3:
+            est, lo, hi = bootstrap_ci(np.arange(len(conv)), rho, num_resamples=500)
+        else:
+            est = lo = hi = math.nan
+        out.append(_row(by, key, group, spearman_rho=est, ci_low=lo, ci_high=hi))
+    return pd.DataFrame(out)
+
+
+def index_at_loss_quantiles(
+    df: pd.DataFrame,
+    quantiles: Sequence[float] = (0.1, 0.5, 0.9),
+    by: Sequence[str] = ARCH,
+    *,
+    zero_tol: float = DEFAULT_ZERO_TOL,
+) -> pd.DataFrame:
+    """Index of converged points near matched loss quantiles (pooled over the study).
+
+    The loss quantiles are taken over all converged points of the study, so every group is
+    compared at the same losses; within a group, the points whose loss lies in the band
+    between neighbouring quantile midpoints are averaged.
+    """
+    conv_all = df[df["status"] == "converged"]
+    if conv_all.empty:
+        return pd.DataFrame()
+    q = np.quantile(conv_all["loss"], quantiles)
+    edges = np.concatenate([[-np.inf], (q[1:] + q[:-1]) / 2, [np.inf]])
+    out = []
+    for key, group in conv_all.groupby(list(by), observed=True, sort=True):
+        idx = _index(group, zero_tol)
+        loss = group["loss"].to_numpy(float)
+        for j, level in enumerate(q):
+            band = (loss >= edges[j]) & (loss < edges[j + 1])
+            est, lo, hi = bootstrap_ci(idx[band])
+            key = key if isinstance(key, tuple) else (key,)
+            out.append({**dict(zip(by, key)), "quantile": quantiles[j],
+                        "loss_level": float(level), "num_points": int(band.sum()),
+                        "mean_index": est, "ci_low": lo, "ci_high": hi})  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def minimum_ratio_vs_loss(df: pd.DataFrame, *, zero_tol: float = DEFAULT_ZERO_TOL) -> pd.DataFrame:
+    """Per point: loss, minimum ratio and status (the lecture's scatter plot)."""
+    return pd.DataFrame({
+        "loss": df["loss"].to_numpy(float),
+        "minimum_ratio": _minimum_ratio(df, zero_tol),
+        "num_params": df["num_params"].to_numpy(),
+        "status": df["status"].to_numpy(),
+    })  # fmt: skip
+
+
+def optimizer_summary(df: pd.DataFrame, *, zero_tol: float = DEFAULT_ZERO_TOL) -> pd.DataFrame:
+    """Where each optimizer stalls: training loss, statuses, minima and index at end points."""
+    ends = df[df["start_kind"] == "end"]
+    out = []
+    for (name, P), group in ends.groupby(["optimizer", "num_params"], observed=True, sort=True):
+        conv = group[group["status"] == "converged"]
+        frac, lo, hi = bootstrap_ci(_is_minimum(conv, zero_tol).astype(float))
+        median_index = float(np.median(_index(conv, zero_tol))) if len(conv) else math.nan
+        out.append(
+            _row(
+                ["optimizer", "num_params"],
+                (name, P),
+                group,
+                median_train_loss=float(group["train_loss"].median()),
+                fraction_minima=frac,
+                ci_low=lo,
+                ci_high=hi,
+                median_index=median_index,
+            )  # fmt: skip
+        )
+    return pd.DataFrame(out)
+
+
+def fit_index_vs_loss(loss: np.ndarray, index: np.ndarray) -> dict[str, float]:
+    """Fits index(loss) by the Pennington–Bahri 3/2 law (below eps_c) and by a line.
+
+    Returns the parameters and residual sums of squares of both, and the number of points,
+    so the two can be compared side by side.
+    """
+    loss = np.asarray(loss, float)
+    index = np.asarray(index, float)
+    n = loss.size
+    out: dict[str, float] = {"num_points": n}
+    if n < 3:
+        return {**out, "alpha0": math.nan, "eps_c": math.nan, "rss_pb": math.nan,
+                "slope": math.nan, "intercept": math.nan, "rss_linear": math.nan}  # fmt: skip
+    slope, intercept = np.polyfit(loss, index, 1)
+    out.update(slope=float(slope), intercept=float(intercept),
+               rss_linear=float(np.sum((index - (slope * loss + intercept)) ** 2)))  # fmt: skip
+
+    def model(eps, alpha0, eps_c):
+        # Zero index at and above eps_c: the law describes saddles of small index below it.
+        return np.where(eps < eps_c, alpha0 * np.abs((eps - eps_c) / eps_c) ** 1.5, 0.0)
+
+    guess = (max(float(index.max()), 1e-3), float(loss.max()) * 1.1 + 1e-12)
+    try:
+        (alpha0, eps_c), _ = optimize.curve_fit(model, loss, index, p0=guess, maxfev=20_000)
+        rss = float(np.sum((index - model(loss, alpha0, eps_c)) ** 2))
+    except (RuntimeError, ValueError):
+        alpha0 = eps_c = rss = math.nan
+    out.update(alpha0=float(alpha0), eps_c=float(eps_c), rss_pb=rss)
+    return out
+
+
+def spectral_density(eigenvalues: np.ndarray, grid: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian-smoothed eigenvalue density on ``grid`` (integrates to 1 over the line)."""
+    eigenvalues = np.asarray(eigenvalues, float)[:, None]
+    z = (np.asarray(grid, float)[None, :] - eigenvalues) / sigma
+    return np.exp(-0.5 * z**2).sum(0) / (eigenvalues.size * sigma * math.sqrt(2 * math.pi))

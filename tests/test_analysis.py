@@ -1,0 +1,96 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from saddlestudy import analysis
+
+
+def synthetic(rows):
+    """Rows shaped like the sweep's: (P, loss, num_negative, num_positive, converged, flat)."""
+    df = pd.DataFrame(
+        [
+            {
+                "num_params": P, "depth": 1, "widths": str(P), "activation": "tanh",
+                "optimizer": opt, "start_kind": "end", "train_loss": loss, "loss": loss,
+                "num_negative@1e-5": neg, "num_positive@1e-5": pos,
+                "num_zero@1e-5": P - neg - pos, "converged": conv, "gradient_flat": flat,
+                "grad_norm_sq": 1e-12 if conv else 1e-3,
+            }
+            for P, loss, neg, pos, conv, flat, opt in rows
+        ]
+    )  # fmt: skip
+    return analysis.with_status(df)
+
+
+def test_status_keeps_converged_and_gradient_flat_apart():
+    df = synthetic([(10, 1.0, 0, 10, True, False, "a"), (10, 1.0, 0, 10, False, True, "a"),
+                    (10, 1.0, 0, 10, False, False, "a")])  # fmt: skip
+    assert df["status"].tolist() == ["converged", "gradient_flat", "not_converged"]
+
+
+def test_fraction_minima_counts_only_converged_points():
+    rows = [(10, 0.1, 0, 10, True, False, "a")] * 4 + [(10, 0.5, 2, 8, True, False, "a")] * 6
+    rows += [(10, 0.3, 0, 10, False, True, "a")] * 2  # minima by counts, but gradient-flat
+    rows += [(100, 0.1, 0, 100, True, False, "a")] * 5
+    out = analysis.fraction_minima(synthetic(rows)).set_index("num_params")
+    assert out.loc[10, "fraction_minima"] == pytest.approx(0.4)
+    assert out.loc[10, "num_converged"] == 10 and out.loc[10, "num_gradient_flat"] == 2
+    assert out.loc[10, "num_minima"] == 4
+    assert out.loc[10, "ci_low"] <= 0.4 <= out.loc[10, "ci_high"]
+    assert out.loc[100, "fraction_minima"] == 1.0
+
+
+def test_bootstrap_ci_is_seeded_and_brackets_the_estimate():
+    x = np.random.default_rng(0).normal(size=200)
+    a, b = analysis.bootstrap_ci(x, seed=1), analysis.bootstrap_ci(x, seed=1)
+    assert a == b and a[1] < a[0] < a[2]
+    assert a[2] - a[1] == pytest.approx(2 * 1.96 / np.sqrt(200), rel=0.25)
+    assert all(np.isnan(analysis.bootstrap_ci([])))
+
+
+def test_index_vs_loss_rank_correlation():
+    rows = [(100, loss, int(loss * 50), 100 - int(loss * 50), True, False, "a")
+            for loss in np.linspace(0.0, 1.0, 20)]  # fmt: skip
+    out = analysis.index_vs_loss(synthetic(rows))
+    assert out["spearman_rho"].iloc[0] == pytest.approx(1.0)
+    assert out["num_converged"].iloc[0] == 20
+
+
+def test_index_summary_and_quantiles():
+    rows = [(10, 0.1 * k, k, 10 - k, True, False, "a") for k in range(10)]
+    summary = analysis.index_summary(synthetic(rows))
+    assert summary["median_index"].iloc[0] == pytest.approx(0.45)
+    q = analysis.index_at_loss_quantiles(synthetic(rows), quantiles=(0.0, 1.0))
+    assert q["num_points"].sum() == 10
+    assert q["mean_index"].iloc[0] < q["mean_index"].iloc[1]
+
+
+def test_fit_recovers_the_three_halves_law_and_the_line():
+    loss = np.linspace(0.05, 0.9, 30)
+    pb = 0.4 * np.abs((loss - 1.0) / 1.0) ** 1.5
+    fit = analysis.fit_index_vs_loss(loss, pb)
+    assert fit["alpha0"] == pytest.approx(0.4, rel=1e-3) and fit["eps_c"] == pytest.approx(
+        1.0, rel=1e-3
+    )
+    assert fit["rss_pb"] < 1e-8 < fit["rss_linear"]
+    line = 0.3 * loss + 0.02
+    fit = analysis.fit_index_vs_loss(loss, line)
+    assert fit["slope"] == pytest.approx(0.3) and fit["rss_linear"] < 1e-20
+
+
+def test_optimizer_summary_splits_by_optimizer():
+    rows = [(10, 0.1, 0, 10, True, False, "adam")] * 3 + [
+        (10, 0.9, 3, 7, True, False, "irprop-")
+    ] * 2
+    out = analysis.optimizer_summary(synthetic(rows)).set_index("optimizer")
+    assert (
+        out.loc["adam", "fraction_minima"] == 1.0 and out.loc["irprop-", "fraction_minima"] == 0.0
+    )
+    assert out.loc["irprop-", "median_index"] == pytest.approx(0.3)
+
+
+def test_spectral_density_integrates_to_one():
+    grid = np.linspace(-5, 5, 2001)
+    density = analysis.spectral_density(np.array([-1.0, 0.0, 0.0, 2.0]), grid, sigma=0.1)
+    assert np.trapezoid(density, grid) == pytest.approx(1.0, rel=1e-6)
+    assert density[np.argmin(np.abs(grid))] > density[np.argmin(np.abs(grid - 2.0))]
