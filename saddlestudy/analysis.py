@@ -210,7 +210,10 @@ def optimizer_summary(df: pd.DataFrame, *, zero_tol: float = DEFAULT_ZERO_TOL) -
 
 
 def fit_index_vs_loss(loss: np.ndarray, index: np.ndarray) -> dict[str, float]:
-    """Fits index(loss) by the Pennington–Bahri 3/2 law (below eps_c) and by a line.
+    """Fits index(loss) by the Pennington–Bahri 3/2 law and by a line.
+
+    The law: alpha = alpha0 |(eps - eps_c)/eps_c|^{3/2} above the critical loss eps_c and 0
+    below it (Pennington & Bahri 2017, for points of small index).
 
     Returns the parameters and residual sums of squares of both, and the number of points,
     so the two can be compared side by side.
@@ -226,16 +229,25 @@ def fit_index_vs_loss(loss: np.ndarray, index: np.ndarray) -> dict[str, float]:
     out.update(slope=float(slope), intercept=float(intercept),
                rss_linear=float(np.sum((index - (slope * loss + intercept)) ** 2)))  # fmt: skip
 
-    def model(eps, alpha0, eps_c):
-        # Zero index at and above eps_c: the law describes saddles of small index below it.
-        return np.where(eps < eps_c, alpha0 * np.abs((eps - eps_c) / eps_c) ** 1.5, 0.0)
+    def profile(eps_c):
+        # For a fixed eps_c the law is linear in alpha0: solve for it in closed form.
+        f = np.where(loss > eps_c, np.abs((loss - eps_c) / eps_c) ** 1.5, 0.0)
+        ff = float(f @ f)
+        alpha0 = float(f @ index) / ff if ff > 0 else 0.0
+        return float(np.sum((index - alpha0 * f) ** 2)), alpha0
 
-    guess = (max(float(index.max()), 1e-3), float(loss.max()) * 1.1 + 1e-12)
-    try:
-        (alpha0, eps_c), _ = optimize.curve_fit(model, loss, index, p0=guess, maxfev=20_000)
-        rss = float(np.sum((index - model(loss, alpha0, eps_c)) ** 2))
-    except (RuntimeError, ValueError):
+    hi = float(loss.max())
+    if hi <= 0:
         alpha0 = eps_c = rss = math.nan
+    else:
+        # A scan over eps_c in (0, max loss), then a bounded refinement around the best.
+        grid = np.geomspace(hi * 1e-4, hi, 400)
+        best = int(np.argmin([profile(e)[0] for e in grid]))
+        bracket = (grid[max(best - 1, 0)], grid[min(best + 1, grid.size - 1)])
+        res = optimize.minimize_scalar(lambda e: profile(e)[0], bounds=bracket, method="bounded",
+                                       options={"xatol": 1e-12 * hi})  # fmt: skip
+        eps_c = float(res.x)
+        rss, alpha0 = profile(eps_c)
     out.update(alpha0=float(alpha0), eps_c=float(eps_c), rss_pb=rss)
     return out
 

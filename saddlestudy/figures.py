@@ -95,3 +95,227 @@ def loss_surface_figure(
     if footer:
         fig.text(0.01, 0.005, footer, ha="left", va="bottom", fontsize=6, color="0.4")
     return fig
+
+
+# -- figures of a study ----------------------------------------------------------------------
+_STATUS_STYLE = {
+    "converged": dict(marker="o", alpha=0.85),
+    "gradient_flat": dict(marker="o", facecolors="none", alpha=0.9),
+    "not_converged": dict(marker="x", alpha=0.35),
+}
+
+
+def _footer(fig, df) -> None:
+    study = ", ".join(sorted(set(df["study"]))) if "study" in df else "?"
+    hashes = ", ".join(sorted(set(df["config_hash"]))) if "config_hash" in df else "?"
+    fig.text(0.01, 0.005, f"study {study} · config {hashes}", fontsize=6, color="0.4")
+
+
+def _status_legend(ax) -> None:
+    ax.scatter([], [], marker="o", color="0.3", label="converged")
+    ax.scatter([], [], marker="o", facecolors="none", edgecolors="0.3", label="gradient-flat")
+    ax.scatter([], [], marker="x", color="0.3", label="not converged")
+    ax.legend(fontsize=7, loc="lower right")
+
+
+def _param_colors(values):
+    values = sorted(set(values))
+    cmap = plt.get_cmap("viridis")
+    return {v: cmap(i / max(len(values) - 1, 1)) for i, v in enumerate(values)}
+
+
+def _scatter_by_status(ax, x, y, status, num_params, colors, statuses=tuple(_STATUS_STYLE)):
+    for name in statuses:
+        sel = (status == name).to_numpy()
+        kw = dict(_STATUS_STYLE[name])
+        c = [colors[P] for P in num_params[sel]]
+        kw["edgecolors" if kw.get("facecolors") == "none" else "c"] = c
+        ax.scatter(x[sel], y[sel], s=18, **kw)
+
+
+def _fit_lines(ax, loss, index) -> None:
+    from saddlestudy import analysis
+
+    if len(loss) < 3:
+        return
+    fit = analysis.fit_index_vs_loss(loss, index)
+    xs = np.linspace(loss.min(), loss.max(), 200)
+    ax.plot(xs, fit["slope"] * xs + fit["intercept"], "k--", lw=1,
+            label=f"linear fit (RSS {fit['rss_linear']:.2g})")  # fmt: skip
+    if np.isfinite(fit["alpha0"]):
+        eps_c = fit["eps_c"]
+        law = np.where(xs > eps_c, fit["alpha0"] * np.abs((xs - eps_c) / eps_c) ** 1.5, 0.0)
+        ax.plot(xs, law, "r-", lw=1, label=f"α₀|(ε−ε_c)/ε_c|^1.5 (RSS {fit['rss_pb']:.2g})")
+
+
+def index_vs_loss_figure(df, *, zero_tol: float = 1e-5, cutoffs: Sequence[float] | None = None):
+    """Index vs loss, coloured by P; converged, gradient-flat and other points marked apart.
+
+    With ``cutoffs``, one panel per squared-gradient-norm cutoff: the points with
+    ``grad_norm_sq < cutoff`` whatever the finder's own tolerance, as in Frye et al.'s
+    strict (1e-10) vs loose comparison. Both panels show fits of the 3/2 law and a line.
+    """
+    from saddlestudy import analysis
+
+    panels = list(cutoffs) if cutoffs else [None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1.2, 4.2),
+                             squeeze=False, layout="constrained", sharey=True)  # fmt: skip
+    colors = _param_colors(df["num_params"])
+    index = (df[analysis.tol_column("num_negative", zero_tol)] / df["num_params"]).to_numpy()
+    loss = df["loss"].to_numpy(float)
+    for ax, cutoff in zip(axes[0], panels):
+        if cutoff is None:
+            sel = (df["status"] == "converged").to_numpy()
+            _scatter_by_status(ax, loss, index, df["status"], df["num_params"], colors)
+            ax.set_title("all points; fits on converged ones", fontsize=10)
+        else:
+            sel = (df["grad_norm_sq"] < cutoff).to_numpy()
+            status = df["status"].where(~sel, "converged")  # passed this cutoff: drawn filled
+            _scatter_by_status(ax, loss[sel], index[sel], status[sel], df["num_params"][sel],
+                               colors, ("converged",))  # fmt: skip
+            ax.set_title(f"‖∇L‖² < {cutoff:g}: {int(sel.sum())} of {len(df)} points", fontsize=10)
+        _fit_lines(ax, loss[sel], index[sel])
+        ax.set_xlabel("training loss ε at the point")
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0, 0].set_ylabel(f"index α (fraction of eigenvalues < −{zero_tol:g})")
+    line = plt.Line2D
+    handles = [
+        line([], [], ls="none", marker="o", color="0.3", label="converged"),
+        line([], [], ls="none", marker="o", mfc="none", color="0.3", label="gradient-flat"),
+        line([], [], ls="none", marker="x", color="0.3", label="not converged"),
+    ]
+    handles += [
+        line([], [], ls="none", marker="o", color=c, label=f"P = {P}") for P, c in colors.items()
+    ]
+    fig.legend(handles=handles, loc="outside right center", fontsize=7)
+    _footer(fig, df)
+    return fig
+
+
+def scaling_figure(df, *, zero_tol: float = 1e-5):
+    """Fraction of minima (left) and median index (right) of converged points vs P, with 95% CIs."""
+    from saddlestudy import analysis
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 4.0), layout="constrained")
+    groups = df.groupby("optimizer")
+    for k, ((opt, group), color) in enumerate(zip(groups, plt.get_cmap("tab10").colors)):
+        frac = analysis.fraction_minima(group, by=["num_params"], zero_tol=zero_tol)
+        idx = analysis.index_summary(group, by=["num_params"], zero_tol=zero_tol)
+        for ax, table, col in ((left, frac, "fraction_minima"), (right, idx, "median_index")):
+            y = table[col].to_numpy(float)
+            err = np.vstack([y - table["ci_low"], table["ci_high"] - y])
+            ax.errorbar(table["num_params"], y, yerr=np.nan_to_num(err), marker="o", capsize=3,
+                        color=color, label=f"{opt}")  # fmt: skip
+        for P, n, m in zip(frac["num_params"], frac["num_converged"], frac["num_points"]):
+            left.annotate(f"{n}/{m}", (P, -0.05 - 0.06 * k), fontsize=6, color=color, ha="center",
+                          va="center")  # fmt: skip
+    params = sorted(set(df["num_params"]))
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_xticks(params, [str(P) for P in params])
+        ax.minorticks_off()
+        ax.set_xlabel("number of parameters P")
+    left.set_ylabel(f"fraction of minima among converged points\n(no eigenvalue < −{zero_tol:g})")
+    left.set_ylim(-0.08 - 0.06 * len(groups), 1.05)
+    right.set_ylabel("median index α of converged points")
+    left.legend(fontsize=8, title="optimizer", title_fontsize=8)
+    left.set_title("labels: converged / all points", fontsize=8)
+    _footer(fig, df)
+    return fig
+
+
+def minimum_ratio_figure(df, *, zero_tol: float = 1e-5):
+    """Minimum ratio vs loss per point (the lecture's plot), by status and P."""
+    from saddlestudy import analysis
+
+    table = analysis.minimum_ratio_vs_loss(df, zero_tol=zero_tol)
+    fig, ax = plt.subplots(figsize=(5.5, 4.2), layout="constrained")
+    colors = _param_colors(table["num_params"])
+    _scatter_by_status(ax, table["loss"].to_numpy(), table["minimum_ratio"].to_numpy(),
+                       table["status"], table["num_params"], colors)  # fmt: skip
+    ax.axhline(1.0, color="0.5", lw=0.8, ls=":")
+    ax.set_xlabel("training loss at the point")
+    ax.set_ylabel(f"minimum ratio (fraction of eigenvalues > {zero_tol:g})")
+    ax.set_ylim(0, 1.05)
+    _status_legend(ax)
+    _footer(fig, df)
+    return fig
+
+
+def spectral_density_figure(df, spectra: dict[str, np.ndarray], *, rel_sigma: float = 0.005):
+    """Smoothed Hessian spectral densities at the lowest-loss converged point of each P.
+
+    The Gaussian smoothing width is ``rel_sigma`` times the range of the eigenvalues shown.
+    """
+    from saddlestudy import analysis
+
+    fig, ax = plt.subplots(figsize=(6.0, 4.0), layout="constrained")
+    conv = df[(df["status"] == "converged") & df["row_id"].isin(list(spectra))]
+    colors = _param_colors(conv["num_params"]) if len(conv) else {}
+    lo = min((float(spectra[r].min()) for r in conv["row_id"]), default=-1.0)
+    hi = max((float(spectra[r].max()) for r in conv["row_id"]), default=1.0)
+    sigma = rel_sigma * max(hi - lo, 1e-12)
+    grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, 2000)
+    top = 0.0
+    for P, group in conv.groupby("num_params"):
+        best = group.sort_values(["loss", "row_id"]).iloc[0]
+        density = analysis.spectral_density(spectra[best["row_id"]], grid, sigma)
+        ax.plot(grid, density, color=colors[P], lw=1.2, label=f"P = {P} (loss {best['loss']:.3g})")
+        top = max(top, float(density.max()))
+    ax.set_yscale("log")
+    ax.set_ylim(1e-4 * max(top, 1e-12), 2 * max(top, 1e-12))
+    ax.set_xlabel("Hessian eigenvalue λ")
+    ax.set_ylabel(f"density (Gaussian smoothing σ = {sigma:.2g})")
+    ax.legend(fontsize=7)
+    _footer(fig, df)
+    return fig
+
+
+def study_figures(
+    root: str | Path, out: str | Path | None = None, formats=("png", "pdf")
+) -> list[Path]:
+    """Writes every figure of a study directory; returns the paths written."""
+    from saddlestudy import analysis, store
+
+    root = Path(root)
+    df = analysis.load(root)
+    out = Path(out) if out is not None else Path("figures") / root.name
+    spectra = {}
+    for row_id in df["row_id"]:
+        arrays = store.load_spectrum(root.parent, root.name, row_id)
+        if "eigenvalues" in arrays:
+            spectra[row_id] = arrays["eigenvalues"]
+    paths = []
+    paths += save_figure(index_vs_loss_figure(df), out / "index_vs_loss", formats)
+    paths += save_figure(
+        index_vs_loss_figure(df, cutoffs=(1e-10, 1e-6)), out / "index_vs_loss_cutoffs", formats
+    )
+    paths += save_figure(scaling_figure(df), out / "scaling", formats)
+    paths += save_figure(minimum_ratio_figure(df), out / "minimum_ratio", formats)
+    paths += save_figure(spectral_density_figure(df, spectra), out / "spectral_density", formats)
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m saddlestudy.figures",
+        description="Write a study's figures (PNG and PDF) from its results directory.",
+    )
+    parser.add_argument("results", help="a study directory, e.g. results/default")
+    parser.add_argument("--out", default=None, help="output directory (default figures/<study>)")
+    args = parser.parse_args(argv)
+    try:
+        paths = study_figures(args.results, args.out)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

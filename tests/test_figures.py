@@ -1,0 +1,66 @@
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from saddlestudy import figures, store
+
+
+def fake_study(root, seed=0):
+    """A study shaped like the sweep's output, with known spectra."""
+    rng = np.random.default_rng(seed)
+    st = store.Store(root, "fake")
+    with st.lock():
+        st.prepare({}, "cafe", {"config_hash": "cafe"})
+        for P in (20, 60, 200):
+            rows, spectra = [], {}
+            for i in range(12):
+                loss = float(rng.uniform(0.0, 1.0))
+                neg = int(round(0.3 * loss * P))
+                eig = np.concatenate([-rng.uniform(0.01, 1, neg), rng.uniform(0.01, 2, P - neg)])
+                flat, conv = i % 6 == 5, i % 6 != 5 and i % 4 != 3
+                row_id = f"c{P}:{i}"
+                rows.append({
+                    "row_id": row_id, "study": "fake", "config_hash": "cafe", "num_params": P,
+                    "depth": 1, "widths": str(P), "activation": "tanh",
+                    "optimizer": "adam" if i % 2 else "irprop-", "start_kind": "end",
+                    "train_loss": loss, "loss": loss, "num_negative@1e-5": neg,
+                    "num_positive@1e-5": P - neg, "num_zero@1e-5": 0, "converged": conv,
+                    "gradient_flat": flat, "grad_norm_sq": 1e-12 if conv else 1e-7,
+                })  # fmt: skip
+                spectra[f"{row_id}/eigenvalues"] = np.sort(eig)
+            st.write_cell(f"c{P}", pa.Table.from_pylist(rows), spectra)
+    return st.dir
+
+
+def test_study_figures_are_written_and_deterministic(tmp_path):
+    directory = fake_study(tmp_path / "results")
+    assert figures.main([str(directory), "--out", str(tmp_path / "a")]) == 0
+    assert figures.main([str(directory), "--out", str(tmp_path / "b")]) == 0
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    stems = (
+        "index_vs_loss",
+        "index_vs_loss_cutoffs",
+        "scaling",
+        "minimum_ratio",
+        "spectral_density",
+    )
+    assert names == sorted(f"{stem}.{ext}" for stem in stems for ext in ("png", "pdf"))
+    for name in names:
+        a, b = (tmp_path / d / name for d in "ab")
+        assert a.stat().st_size > 10_000
+        digest_a, digest_b = (hashlib.sha256(f.read_bytes()).digest() for f in (a, b))
+        assert digest_a == digest_b, name
+
+
+def test_missing_results_is_a_clear_error(tmp_path, capsys):
+    assert figures.main([str(tmp_path / "nothing")]) == 2
+    assert "no results" in capsys.readouterr().err
+
+
+def test_unknown_format_is_refused(tmp_path):
+    import matplotlib.pyplot as plt
+
+    with pytest.raises(ValueError, match="format"):
+        figures.save_figure(plt.figure(), tmp_path / "x", formats=("bmp",))
