@@ -3,6 +3,12 @@
 Public API (the stages of the pipeline, data -> model -> training -> spectrum):
 """
 
+from saddlestudy.critical import (
+    CriticalPoint,
+    escape_saddle,
+    find_critical_point,
+    find_critical_points,
+)
 from saddlestudy.hessian import dense_hessian, grad_norm_sq, gradient, hvp
 from saddlestudy.losses import make_loss_fn
 from saddlestudy.models import MLP, MLPConfig, init_params, init_replicas, make_apply
@@ -11,10 +17,14 @@ from saddlestudy.spectrum import Spectrum, hessian_spectrum
 __version__ = "0.1.0"
 
 __all__ = [
+    "CriticalPoint",
     "MLP",
     "MLPConfig",
     "Spectrum",
     "dense_hessian",
+    "escape_saddle",
+    "find_critical_point",
+    "find_critical_points",
     "grad_norm_sq",
     "gradient",
     "hessian_spectrum",

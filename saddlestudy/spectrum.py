@@ -1,12 +1,81 @@
 """Hessian spectra at a point: eigenvalues, and the counts that classify a critical point.
 
-``hessian_spectrum(loss_fn, params)`` returns a :class:`Spectrum`. With ``method="dense"`` it
-builds the full Hessian of the flattened parameters and diagonalises it with ``eigh``: exact
-counts of negative, (near-)zero and positive eigenvalues, for P up to a few thousand.
+``hessian_spectrum(loss_fn, params, method=...)`` returns a :class:`Spectrum`;
+``hessian_spectra(loss_fn, params_R, ...)`` does the same for R replicas (a leading replica
+axis on every leaf) in one compiled call. ``hessian_eigenpairs`` gives the k extreme
+eigenpairs and ``hessian_trace`` the trace. Every entry point compiles once per ``loss_fn``
+object (and shapes): call it again with new parameters and nothing is retraced.
 
 Definitions (shared/SCIENCE.md §1): an eigenvalue is negative if ``lambda < -zero_tol``,
-positive if ``lambda > zero_tol`` and zero otherwise; ``index = num_negative / P`` and
-``minimum_ratio = num_positive / P``.
+positive if ``lambda > zero_tol`` and zero otherwise; ``index = num_negative / P``,
+``minimum_ratio = num_positive / P`` and ``zero_fraction = num_zero / P``.
+
+Methods:
+
+- ``"dense"``: the full Hessian from P Hessian-vector products with the basis vectors,
+  vmapped over chunks (:func:`saddlestudy.hessian.dense_hessian_chunked`), then ``eigh``.
+  Exact counts. Memory O(P^2): P ~ 5,000 on a laptop CPU, ~20,000 on a large GPU.
+- ``"lanczos"``: ``num_matvecs`` steps of Lanczos (1950) with full reorthogonalisation
+  (:func:`lanczos_tridiag`). Ritz values are upper bounds of the smallest eigenvalues and
+  lower bounds of the largest (Cauchy interlacing), so ``lambda_min`` (the most negative,
+  which power iteration cannot give) and ``lambda_max`` converge from inside, each Ritz
+  value with the residual bound ``|beta_m s_mi|`` (Parlett, *The Symmetric Eigenvalue
+  Problem*, 1998, on Lanczos). Memory O(num_matvecs * P).
+- ``"slq"``: stochastic Lanczos quadrature (Lin, Saad & Yang 2016, SIAM Review 58;
+  Ubaru, Chen & Saad 2017, SIMAX 38; used on network Hessians by Ghorbani, Krishnan & Xiao
+  2019): ``num_probes`` Rademacher probes, a Lanczos run of ``num_matvecs`` steps from each;
+  the Gauss quadrature nodes (Ritz values) and weights (squared first components of the
+  Ritz vectors) of every probe estimate the spectral measure, hence a Gaussian-smoothed
+  density and the fractions of negative, zero and positive eigenvalues, with standard
+  errors over probes. Memory O(num_matvecs * P) per probe in flight.
+
+What each method puts in a :class:`Spectrum`:
+
+====================  ===================  ========================  ==========================
+field                 dense                lanczos                   slq
+====================  ===================  ========================  ==========================
+eigenvalues           all P, ascending     the m Ritz values,        quadrature nodes, shape
+                                           ascending                 (num_probes, m)
+weights               None                 None                      (num_probes, m), rows
+                                                                     sum to 1
+counts, index, ...    exact (ints)         counts of Ritz values     estimates (floats):
+                                           (ints): lower bounds of   P x mean over probes
+                                           the true counts of        of the quadrature mass
+                                           negative and positive     below -zero_tol / above
+                                           eigenvalues, exact when   zero_tol
+                                           m == P; num_zero = P -
+                                           the two
+*_sem                 0                    0 (the error is a bias)   standard error over
+                                                                     probes
+*_bias_bound          0                    (P - m) / P, from         quadrature error bound
+                                           interlacing (zero         (Chebyshev-Markov-
+                                           fraction: twice that)     Stieltjes), mean over
+                                                                     probes
+lambda_min / _max     exact                extreme Ritz values       extreme Ritz values over
+                                                                     all probes
+min_eigenvector       exact eigenvector    Ritz vector of lambda_min Ritz vector of lambda_min
+residual_bounds       None                 (m,)                      (num_probes, m)
+converged             True                 the num_extreme lowest    the Ritz pairs of
+                                           and highest Ritz pairs    lambda_min and lambda_max
+                                           have residual <= tol *    have residual <= tol *
+                                           max|Ritz value|           max|Ritz value|
+density_grid/density  None                 None                      (1024,) each
+====================  ===================  ========================  ==========================
+
+So for every method ``|true fraction - estimate| <= bias bound + (a few) sem``: the SLQ
+check of the tests. Random vectors (Lanczos start, SLQ probes, restarts) come from ``key``
+(default ``jax.random.key(0)``: reproducible).
+
+Memory rule (``chunk_size=None``; see :func:`memory_plan`): of the memory A free on the
+default device, a replica needs a fixed F (dense: 3 P^2 floats for the Hessian, its
+symmetrised copy and eigh's eigenvectors; lanczos/slq: the Krylov basis and the
+linearisation) and each vector in flight a V (an upper bound taken from the sizes of all
+intermediates of one gradient evaluation, twice for primal and tangent). Replicas at once
+(``hessian_spectra``): ``floor(A / (4 F))``, at least 1, rounded down to a divisor of R;
+vectors per vmapped chunk: a quarter of what is left, ``(A - b F) / (4 b V)``, rounded down
+to a power of two (so that small changes in free memory do not change compiled shapes; SLQ:
+to a divisor of num_probes) and cached per loss. Pass ``chunk_size`` to override. On this
+rule P = 5,000 in float64 (0.6 GB of Hessians) runs on a 2-core, 24 GB CPU.
 """
 
 from __future__ import annotations
@@ -14,54 +83,125 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+from matfree import stochtrace
 
 from saddlestudy import hessian
 
 Params = Any
-METHODS = ("dense",)
+LossFn = Callable[[Params], jax.Array]
+
+METHODS = ("dense", "lanczos", "slq")
+TRACE_ESTIMATORS = ("hutchinson", "xtrace")
+EIGENPAIR_WHICH = ("largest", "smallest")
+
+DEFAULT_NUM_MATVECS = 100  # Lanczos/SLQ Krylov depth m (capped at P)
+DEFAULT_NUM_EXTREME = 10  # Ritz pairs at each end that the convergence flag covers
+DEFAULT_NUM_PROBES = 16  # SLQ probes
+DEFAULT_TRACE_PROBES = 64
+DENSITY_GRID_SIZE = 1024
+DENSITY_RELATIVE_WIDTH = 0.01  # Gaussian sigma as a fraction of the Ritz-value range
+DENSITY_GRID_MARGIN = 5.0  # the grid extends this many sigmas past the extreme nodes
+MEMORY_FRACTION = 0.25  # share of free memory one batch of vectors may take
+HESSIAN_COPIES = 3  # H, its symmetrised copy, eigh's eigenvectors
+FALLBACK_MEMORY_BYTES = 4 * 2**30  # when the free memory cannot be read
+FALLBACK_VECTOR_BYTES_PER_PARAM = 64  # per-vector memory when the gradient cannot be traced
+
+
+# ---------------------------------------------------------------------------------------------
+# Result types
+# ---------------------------------------------------------------------------------------------
+
+_DATA_FIELDS = [
+    "eigenvalues",
+    "num_negative",
+    "num_zero",
+    "num_positive",
+    "index",
+    "minimum_ratio",
+    "lambda_min",
+    "lambda_max",
+    "min_eigenvector",
+    "zero_fraction",
+    "index_sem",
+    "minimum_ratio_sem",
+    "zero_fraction_sem",
+    "index_bias_bound",
+    "minimum_ratio_bias_bound",
+    "zero_fraction_bias_bound",
+    "residual_bounds",
+    "converged",
+    "weights",
+    "density_grid",
+    "density",
+    "density_width",
+]
+_META_FIELDS = [
+    "num_params",
+    "zero_tol",
+    "method",
+    "num_matvecs",
+    "num_probes",
+    "num_extreme",
+    "tol",
+]
 
 
 @functools.partial(
-    jax.tree_util.register_dataclass,
-    data_fields=[
-        "eigenvalues",
-        "num_negative",
-        "num_zero",
-        "num_positive",
-        "index",
-        "minimum_ratio",
-        "lambda_min",
-        "lambda_max",
-        "min_eigenvector",
-    ],
-    meta_fields=["num_params", "zero_tol", "method"],
+    jax.tree_util.register_dataclass, data_fields=_DATA_FIELDS, meta_fields=_META_FIELDS
 )
 @dataclasses.dataclass(frozen=True)
 class Spectrum:
-    """The Hessian spectrum at one point (or, under ``vmap``, at a batch of points).
+    """The Hessian spectrum at one point (or, batched, at R points: a leading axis R).
+
+    See the module docstring for what each method fills in.
 
     Attributes:
-      eigenvalues: all P eigenvalues, ascending.
-      num_negative: count of eigenvalues < -zero_tol.
-      num_zero: count with |lambda| <= zero_tol.
-      num_positive: count > zero_tol.
-      index: num_negative / num_params (alpha of Dauphin et al., Pennington & Bahri).
+      eigenvalues: what the counts are taken from: all P eigenvalues ascending (dense),
+        the m Ritz values ascending (lanczos), or the quadrature nodes of each probe,
+        shape (num_probes, m) (slq).
+      num_negative: eigenvalues < -zero_tol (slq: an estimate, P times ``index``).
+      num_zero: |lambda| <= zero_tol.
+      num_positive: eigenvalues > zero_tol.
+      index: num_negative / num_params (alpha of Dauphin et al. 2014).
       minimum_ratio: num_positive / num_params (the lecture's "minimum ratio").
-      lambda_min: smallest (most negative) eigenvalue.
-      lambda_max: largest eigenvalue.
-      min_eigenvector: unit eigenvector of ``lambda_min`` with the structure of the
+      lambda_min: smallest (most negative) eigenvalue, or its Ritz estimate (an upper bound).
+      lambda_max: largest eigenvalue, or its Ritz estimate (a lower bound).
+      min_eigenvector: unit (Ritz) eigenvector of ``lambda_min`` with the structure of the
         parameters: the direction to escape a saddle along (sign fixed so that its
         largest-magnitude entry is positive).
+      zero_fraction: num_zero / num_params.
+      index_sem, minimum_ratio_sem, zero_fraction_sem: standard errors over SLQ probes
+        (0 for dense and lanczos).
+      index_bias_bound, minimum_ratio_bias_bound, zero_fraction_bias_bound: bounds on the
+        systematic error of the fractions, so that |true - estimate| <= bias bound (+ a
+        few sem for slq). Dense: 0. Lanczos: (P - m) / P (twice that, at most 1, for the
+        zero fraction), from interlacing. SLQ: the mean over probes of the weight of the
+        heavier quadrature node next to the threshold (the Chebyshev-Markov-Stieltjes
+        inequalities for Gauss quadrature; see Golub & Meurant, *Matrices, Moments and
+        Quadrature with Applications*, 2010); sum of
+        both thresholds for the zero fraction.
+      residual_bounds: ``||H y - theta y||`` of each Ritz pair, aligned with
+        ``eigenvalues`` (None for dense); |theta - nearest eigenvalue| is at most this.
+      converged: whether the extreme Ritz pairs met ``tol`` (always True for dense).
+      weights: SLQ quadrature weights, aligned with ``eigenvalues`` (None otherwise).
+      density_grid, density: SLQ's Gaussian-smoothed spectral density on a grid; it
+        integrates to 1 (multiply by P for eigenvalues per unit lambda). None otherwise.
+      density_width: the Gaussian's standard deviation (eigenvalue units).
       num_params: P.
       zero_tol: the absolute tolerance the counts use.
       method: how the spectrum was computed.
+      num_matvecs: Krylov depth m (lanczos, slq).
+      num_probes: SLQ probes.
+      num_extreme: Ritz pairs at each end that ``converged`` covers (lanczos).
+      tol: relative residual tolerance of ``converged`` (lanczos, slq).
     """
 
     eigenvalues: jax.Array
@@ -76,27 +216,534 @@ class Spectrum:
     num_params: int
     zero_tol: float
     method: str
+    zero_fraction: jax.Array | None = None
+    index_sem: jax.Array | None = None
+    minimum_ratio_sem: jax.Array | None = None
+    zero_fraction_sem: jax.Array | None = None
+    index_bias_bound: jax.Array | None = None
+    minimum_ratio_bias_bound: jax.Array | None = None
+    zero_fraction_bias_bound: jax.Array | None = None
+    residual_bounds: jax.Array | None = None
+    converged: jax.Array | None = None
+    weights: jax.Array | None = None
+    density_grid: jax.Array | None = None
+    density: jax.Array | None = None
+    density_width: jax.Array | None = None
+    num_matvecs: int | None = None
+    num_probes: int | None = None
+    num_extreme: int | None = None
+    tol: float | None = None
+
+    @property
+    def counts_are_exact(self) -> bool:
+        """True when the counts are exact: dense, or Lanczos run to its full depth P."""
+        if self.method == "dense":
+            return True
+        return self.method == "lanczos" and self.num_matvecs == self.num_params
 
     def with_zero_tol(self, zero_tol: float) -> Spectrum:
         """The same spectrum counted with another zero tolerance (no recomputation)."""
         zero_tol = check_zero_tol(zero_tol)
-        return dataclasses.replace(self, zero_tol=zero_tol, **_counts(self.eigenvalues, zero_tol))
+        counts = _counts_jit(self.eigenvalues, self.weights, self.num_params, zero_tol)
+        return dataclasses.replace(self, zero_tol=zero_tol, **counts)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain Python / NumPy values for storage (eigenvector flattened to shape (P,))."""
-        out = {f.name: np.asarray(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        out["min_eigenvector"] = np.asarray(ravel_pytree(self.min_eigenvector)[0])
-        for name in ("num_negative", "num_zero", "num_positive"):
-            if out[name].ndim == 0:
-                out[name] = int(out[name])
-        for name in ("index", "minimum_ratio", "lambda_min", "lambda_max"):
-            if out[name].ndim == 0:
-                out[name] = float(out[name])
-        out.update(num_params=self.num_params, zero_tol=self.zero_tol, method=self.method)
+        """Plain Python / NumPy values for storage.
+
+        0-d arrays become Python ``int``/``float``/``bool``; ``min_eigenvector`` is
+        flattened to shape (P,) (batched: (R, P)) in ``ravel_pytree`` order; fields a
+        method does not fill stay None.
+        """
+        batch_ndim = np.ndim(self.lambda_min)
+        out: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "min_eigenvector":
+                value = _ravel_batched(value, batch_ndim)
+            if field.name in _META_FIELDS or value is None:
+                out[field.name] = value
+                continue
+            array = np.asarray(value)
+            out[field.name] = array.item() if array.ndim == 0 else array
         return out
 
 
+class Eigenpairs(NamedTuple):
+    """The k extreme eigenpairs (Ritz pairs) of a Hessian.
+
+    Attributes:
+      eigenvalues: (k,), descending for ``which="largest"``, ascending for ``"smallest"``.
+      eigenvectors: unit vectors with the structure of the parameters and a leading axis k
+        (sign fixed so that the largest-magnitude entry is positive).
+      residual_bounds: (k,) ``||H y - theta y||``, a bound on each eigenvalue's error.
+      converged: (k,) whether ``residual_bounds <= tol * max|Ritz value|``.
+    """
+
+    eigenvalues: jax.Array
+    eigenvectors: Params
+    residual_bounds: jax.Array
+    converged: jax.Array
+
+
+class TraceEstimate(NamedTuple):
+    """A stochastic estimate of the Hessian trace and its standard error."""
+
+    value: jax.Array
+    sem: jax.Array
+
+
+class Tridiagonal(NamedTuple):
+    """The output of :func:`lanczos_tridiag`: ``H Q^T = Q^T T + r e_m^T``.
+
+    Attributes:
+      basis: (m, P) orthonormal Lanczos vectors Q, one per row.
+      diag: (m,) diagonal of T.
+      offdiag: (m - 1,) off-diagonal of T (exactly 0 where an invariant subspace ended and
+        the run restarted).
+      residual_norm: ``||r||``, the coupling to the next, unbuilt, Lanczos vector.
+    """
+
+    basis: jax.Array
+    diag: jax.Array
+    offdiag: jax.Array
+    residual_norm: jax.Array
+
+
+# ---------------------------------------------------------------------------------------------
+# Numerical kernels (never jitted here; the entry points below jit the outermost call)
+# ---------------------------------------------------------------------------------------------
+
+
+def lanczos_tridiag(
+    matvec: Callable[[jax.Array], jax.Array],
+    v0: jax.Array,
+    num_matvecs: int,
+    *,
+    restart_vector: jax.Array,
+) -> Tridiagonal:
+    """Lanczos tridiagonalisation with full reorthogonalisation and breakdown restarts.
+
+    Lanczos (1950) with every new vector orthogonalised against all previous ones by
+    classical Gram-Schmidt after the three-term recurrence, with a second pass whenever the
+    first cancels more than 1 - 1/sqrt(2) of the vector (Kahan-Parlett "twice is enough";
+    Parlett 1998; Giraud, Langou, Rozloznik & van den Eshof 2005; the second pass
+    acts on the normalised vector, as in Daniel, Gragg, Kaufman & Stewart 1976), so no
+    ghost eigenvalues appear (Paige 1976). When the second pass too removes more than half
+    of the vector, the Krylov space is (numerically) invariant: the coupling is set to
+    exactly 0 and the run continues from a random vector orthogonal to the basis, so
+    repeated eigenvalues get their multiplicity and
+    ``num_matvecs == P`` gives all P eigenvalues. (matfree 0.6.3's ``decomp.tridiag_sym``
+    has no such restart: at an exact breakdown it returns a non-orthogonal basis and a
+    wrong T, e.g. for the lecture's Hessian started at its eigenvector (1, 1).)
+
+    Args:
+      matvec: ``v -> H v`` on flat vectors of shape (P,).
+      v0: start vector (P,), nonzero; normalised here.
+      num_matvecs: m, the number of products and Lanczos vectors, 1 <= m <= P.
+      restart_vector: a random vector of shape (P,) (e.g. standard normal), used only at a
+        breakdown: restarts continue from it rolled by the step number, orthogonalised.
+
+    Returns:
+      A :class:`Tridiagonal`.
+    """
+    (num_params,) = v0.shape
+    dtype = v0.dtype
+    # One random vector rolled by the step number serves every restart: a random draw per
+    # step would make the compiled loop much larger (threefry) for a rarely taken branch.
+    restart = restart_vector.astype(dtype)
+
+    def orthogonalise(basis, w):
+        # Rows not yet written are zero, so projecting on all m rows is exact and keeps
+        # shapes static.
+        return w - (basis @ w) @ basis
+
+    def normalise(w):
+        norm = jnp.linalg.norm(w)
+        return w / jnp.where(norm > 0, norm, 1), norm
+
+    def restarted(basis, j):
+        r = jnp.roll(restart, j)
+        return normalise(orthogonalise(basis, orthogonalise(basis, r)))[0]
+
+    def step(j, carry):
+        basis, diag, offdiag, _, q, q_prev, beta_prev = carry
+        basis = basis.at[j].set(q)
+        w = matvec(q)
+        alpha = jnp.vdot(q, w)
+        # The local three-term recurrence first (O(P)), so that the full reorthogonalisation,
+        # which streams the whole basis from memory, usually needs one pass, not two.
+        w = w - alpha * q - beta_prev * q_prev
+        w1, beta1 = normalise(orthogonalise(basis, w))
+
+        def second_pass():
+            # Kahan-Parlett: the first pass cancelled much of w, so its result may still lean
+            # on the basis; a pass on the normalised vector fixes that. If this pass too
+            # removes more than half, the Krylov space is (numerically) invariant.
+            w2, gamma = normalise(orthogonalise(basis, w1))
+            broke = ~(gamma > 0.5)  # also True for NaN: a NaN run is caught by T's entries
+            q_next = jax.lax.cond(broke, lambda: restarted(basis, j), lambda: w2)
+            return q_next, beta1 * gamma, broke
+
+        def one_pass():
+            return w1, beta1, jnp.asarray(False)
+
+        # cond: the second pass and the restart cost nothing unless taken (under vmap
+        # both branches run).
+        enough = beta1 > jnp.linalg.norm(w) / math.sqrt(2)
+        q_next, beta, broke = jax.lax.cond(enough, one_pass, second_pass)
+        coupling = jnp.where(broke, jnp.zeros_like(beta), beta)
+        diag = diag.at[j].set(alpha)
+        offdiag = offdiag.at[j].set(coupling)
+        return basis, diag, offdiag, beta, q_next, q, coupling
+
+    v0 = normalise(v0)[0]
+    init = (
+        jnp.zeros((num_matvecs, num_params), dtype),
+        jnp.zeros((num_matvecs,), dtype),
+        jnp.zeros((num_matvecs,), dtype),
+        jnp.zeros((), dtype),
+        v0,
+        jnp.zeros_like(v0),
+        jnp.zeros((), dtype),
+    )
+    basis, diag, offdiag, residual_norm, *_ = jax.lax.fori_loop(0, num_matvecs, step, init)
+    return Tridiagonal(basis, diag, offdiag[:-1], residual_norm)
+
+
+def ritz_pairs(tridiagonal: Tridiagonal) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Ritz values, the eigenvectors S of T, and residual bounds ``|beta_m S[m-1, i]|``.
+
+    Returns ``(theta, S, bounds)``: theta (m,) ascending, S (m, m) with the eigenvector of
+    ``theta[i]`` in column i (Ritz vector ``S[:, i] @ basis``), bounds (m,) the residual
+    norms ``||H y_i - theta_i y_i||`` (Parlett, *The Symmetric Eigenvalue Problem*, 1998).
+    """
+    d, e = tridiagonal.diag, tridiagonal.offdiag
+    T = jnp.diag(d) + jnp.diag(e, 1) + jnp.diag(e, -1)
+    finite = jnp.all(jnp.isfinite(T))
+    theta, S = jnp.linalg.eigh(jnp.where(finite, T, jnp.zeros_like(T)))
+    theta = jnp.where(finite, theta, jnp.nan)
+    bounds = jnp.abs(tridiagonal.residual_norm * S[-1, :])
+    return theta, S, bounds
+
+
+def gaussian_density(
+    grid: jax.Array, nodes: jax.Array, width: jax.Array, weights: jax.Array | None = None
+) -> jax.Array:
+    """Gaussian-smoothed spectral density on ``grid`` (integrates to 1).
+
+    ``phi(t) = sum_i w_i N(t; nodes_i, width^2)`` with the weights normalised to sum 1:
+    SLQ nodes and weights of shape (num_probes, m) (each probe's weights sum to 1), or
+    exact eigenvalues with ``weights=None`` (uniform), to compare with SLQ's density.
+    Lin, Saad & Yang 2016 (the Gaussian regularisation of the spectral measure).
+    """
+    nodes = jnp.reshape(nodes, (-1,))
+    if weights is None:
+        weights = jnp.ones_like(nodes)
+    weights = jnp.reshape(weights, (-1,))
+    weights = weights / jnp.sum(weights)
+    z = (grid[:, None] - nodes[None, :]) / width
+    kernel = jnp.exp(-0.5 * z**2) / (width * jnp.sqrt(2 * jnp.pi).astype(nodes.dtype))
+    return kernel @ weights
+
+
+def memory_plan(
+    *,
+    method: str,
+    num_params: int,
+    itemsize: int,
+    vector_bytes: int,
+    available_bytes: int,
+    num_matvecs: int | None = None,
+    num_probes: int | None = None,
+    num_replicas: int = 1,
+) -> tuple[int, int]:
+    """Replicas at once and vectors per vmapped chunk that fit in memory.
+
+    The rule of the module docstring: F fixed bytes per replica, V per vector in flight
+    (``vector_bytes`` is the working memory of one Hessian-vector product), A
+    ``available_bytes``; b = clamp(floor(A / (4 F)), 1, R) replicas at once, rounded down
+    to a divisor of R, and c = clamp(pow2floor((A - b F) / (4 b V')), 1, vectors) per
+    chunk, where V' adds the vector's own storage; SLQ rounds c down to a divisor of
+    num_probes (dense splits the P basis vectors into equal chunks of at most c). Lanczos runs one
+    vector at a time (c = 1).
+
+    Raises:
+      ValueError: when one replica's fixed memory exceeds what is available.
+    """
+    P = num_params
+    if method == "dense":
+        fixed = HESSIAN_COPIES * P * P * itemsize
+        per_vector = vector_bytes + 2 * P * itemsize
+        max_vectors = P
+    elif method == "slq":
+        fixed = vector_bytes
+        per_vector = vector_bytes + (num_matvecs + 2) * P * itemsize
+        max_vectors = num_probes
+    else:
+        fixed = vector_bytes + (num_matvecs + 2) * P * itemsize
+        per_vector = 0
+        max_vectors = 1
+    if fixed > available_bytes:
+        raise ValueError(
+            f"method {method!r} needs about {fixed / 2**30:.2f} GiB for P = {P} but only "
+            f"{available_bytes / 2**30:.2f} GiB is free; use method 'lanczos' or 'slq' "
+            "(O(m P) memory), or fewer matvecs"
+        )
+    # Whole chunks of replicas and probes: the map over them then compiles its body once.
+    replicas = _largest_divisor(num_replicas, int(MEMORY_FRACTION * available_bytes // fixed))
+    if per_vector == 0:
+        return replicas, 1
+    share = MEMORY_FRACTION * (available_bytes - replicas * fixed) / (replicas * per_vector)
+    chunk = min(2 ** int(math.floor(math.log2(share))) if share >= 1 else 1, max_vectors)
+    if method == "slq":
+        chunk = _largest_divisor(num_probes, chunk)
+    return replicas, chunk
+
+
+def _dense_core(loss_fn, params, *, chunk_size):
+    H = hessian.dense_hessian_chunked(loss_fn, params, chunk_size)
+    H = 0.5 * (H + H.T)  # exact in theory; removes rounding asymmetry before eigh
+    finite = jnp.all(jnp.isfinite(H))
+    eigenvalues, eigenvectors = jnp.linalg.eigh(jnp.where(finite, H, jnp.zeros_like(H)))
+    return dict(
+        eigenvalues=eigenvalues,
+        min_vector=_fix_sign(eigenvectors[:, 0]),
+        lambda_min=eigenvalues[0],
+        lambda_max=eigenvalues[-1],
+        converged=jnp.asarray(True),
+        finite=finite,
+    )
+
+
+def _lanczos_core(loss_fn, params, noise, tol, *, num_matvecs, num_extreme):
+    matvec, _ = hessian.flat_hvp(loss_fn, params)
+    v0, restart = noise
+    tri = lanczos_tridiag(matvec, v0, num_matvecs, restart_vector=restart)
+    theta, S, bounds = ritz_pairs(tri)
+    scale = jnp.maximum(jnp.abs(theta[0]), jnp.abs(theta[-1]))
+    extremes = jnp.concatenate([bounds[:num_extreme], bounds[-num_extreme:]])
+    return dict(
+        eigenvalues=theta,
+        min_vector=_fix_sign(_unit(S[:, 0] @ tri.basis)),
+        lambda_min=theta[0],
+        lambda_max=theta[-1],
+        residual_bounds=bounds,
+        converged=jnp.all(extremes <= tol * scale),
+        finite=jnp.all(jnp.isfinite(theta)) & jnp.isfinite(tri.residual_norm),
+    )
+
+
+def _slq_core(loss_fn, params, noise, tol, density_width, *, num_matvecs, chunk_size):
+    matvec, theta0 = hessian.flat_hvp(loss_fn, params)
+    restart = noise[-1]  # shared by the probes: any random vector serves a rare restart
+
+    def probe(z):
+        # Rademacher probes (signs of a normal draw): ||v||^2 = P exactly, so the weights of
+        # a probe sum to 1 and P * sum_i w_i f(theta_i) = v^T f(H) v is Hutchinson's
+        # unbiased estimator of tr f(H) (Hutchinson 1990), up to the quadrature error.
+        v = jnp.where(z < 0, -1.0, 1.0).astype(theta0.dtype)
+        tri = lanczos_tridiag(matvec, v, num_matvecs, restart_vector=restart)
+        theta, S, bounds = ritz_pairs(tri)
+        finite = jnp.all(jnp.isfinite(theta)) & jnp.isfinite(tri.residual_norm)
+        return theta, S[0, :] ** 2, bounds, _unit(S[:, 0] @ tri.basis), finite
+
+    nodes, weights, bounds, min_vectors, finite = _map_in_chunks(probe, noise[:-1], chunk_size)
+    best_min = jnp.argmin(nodes[:, 0])
+    best_max = jnp.argmax(nodes[:, -1])
+    lambda_min, lambda_max = nodes[best_min, 0], nodes[best_max, -1]
+    scale = jnp.maximum(jnp.abs(lambda_min), jnp.abs(lambda_max))
+    converged = (bounds[best_min, 0] <= tol * scale) & (bounds[best_max, -1] <= tol * scale)
+
+    spread = lambda_max - lambda_min
+    # NaN means "default": relative to the range (a one-point spectrum: to its value). A
+    # dynamic value rather than None, so that both compile to one program.
+    fallback = DENSITY_RELATIVE_WIDTH * jnp.maximum(scale, jnp.finfo(nodes.dtype).tiny)
+    default_width = jnp.where(spread > 0, DENSITY_RELATIVE_WIDTH * spread, fallback)
+    density_width = jnp.asarray(density_width, nodes.dtype)
+    density_width = jnp.where(jnp.isnan(density_width), default_width, density_width)
+    margin = DENSITY_GRID_MARGIN * density_width
+    grid = jnp.linspace(lambda_min - margin, lambda_max + margin, DENSITY_GRID_SIZE)
+    finite = jnp.all(finite)
+    return dict(
+        eigenvalues=nodes,
+        weights=weights,
+        min_vector=_fix_sign(min_vectors[best_min]),
+        lambda_min=lambda_min,
+        lambda_max=lambda_max,
+        residual_bounds=bounds,
+        converged=converged,
+        density_grid=grid,
+        density=gaussian_density(grid, jnp.where(finite, nodes, 0), density_width, weights),
+        density_width=density_width,
+        finite=finite,
+    )
+
+
+def _spectrum_core(
+    loss_fn,
+    params,
+    noise,
+    tol,
+    density_width,
+    zero_tol,
+    *,
+    method,
+    num_matvecs,
+    num_extreme,
+    num_probes,
+    chunk_size,
+):
+    if method == "dense":
+        raw = _dense_core(loss_fn, params, chunk_size=chunk_size)
+    elif method == "lanczos":
+        raw = _lanczos_core(
+            loss_fn, params, noise, tol, num_matvecs=num_matvecs, num_extreme=num_extreme
+        )
+    else:
+        raw = _slq_core(
+            loss_fn,
+            params,
+            noise,
+            tol,
+            density_width,
+            num_matvecs=num_matvecs,
+            chunk_size=chunk_size,
+        )
+    # Counting and unravelling inside the compiled call: done eagerly, each of their small
+    # operations would be compiled on its own.
+    raw["min_eigenvector"] = ravel_pytree(params)[1](raw.pop("min_vector"))
+    num_params = sum(math.prod(jnp.shape(x)) for x in jax.tree.leaves(params))
+    raw.update(_counts(raw["eigenvalues"], raw.get("weights"), num_params, zero_tol))
+    # Under jit/vmap no error can be raised: make a non-finite result loud instead (NaN
+    # values, counts of -1, converged False) rather than counts of a zeroed matrix.
+    finite = raw["finite"]
+    for name, value in raw.items():
+        if name != "finite":
+            raw[name] = jax.tree.map(lambda x: _poison(x, finite), value)
+    return raw
+
+
+def _poison(x: jax.Array, finite: jax.Array) -> jax.Array:
+    if jnp.issubdtype(x.dtype, jnp.bool_):
+        return x & finite
+    if jnp.issubdtype(x.dtype, jnp.integer):
+        return jnp.where(finite, x, -1)
+    return jnp.where(finite, x, jnp.nan)
+
+
+def _noise(key, params, *, method, num_probes, num_replicas=None):
+    """The random vectors a method uses, drawn in one call.
+
+    Lanczos: a start and a restart vector; SLQ: num_probes probe vectors (signs are taken
+    later) and one restart vector; dense: none. Drawn outside any vmap: a vmapped threefry
+    draw costs about a second of compile time.
+    """
+    if method == "dense":
+        return None
+    leaves = jax.tree.leaves(params)
+    shape = (2 if method == "lanczos" else num_probes + 1, sum(math.prod(x.shape) for x in leaves))
+    if num_replicas is not None:
+        shape = (num_replicas, *shape)
+    return jax.random.normal(key, shape, jnp.result_type(*leaves))
+
+
+def _spectrum_entry(loss_fn, params, key, tol, density_width, zero_tol, **static):
+    noise = _noise(key, params, method=static["method"], num_probes=static["num_probes"])
+    return _spectrum_core(loss_fn, params, noise, tol, density_width, zero_tol, **static)
+
+
+def _spectra_entry(
+    loss_fn, params_R, key, tol, density_width, zero_tol, *, replica_batch, **static
+):
+    leaves = jax.tree.leaves(params_R)
+    num_replicas = leaves[0].shape[0]
+    one_params = jax.tree.map(lambda x: x[0], params_R)
+    noise_R = _noise(
+        key,
+        one_params,
+        method=static["method"],
+        num_probes=static["num_probes"],
+        num_replicas=num_replicas,
+    )
+
+    def one(args):
+        params, noise = args
+        return _spectrum_core(loss_fn, params, noise, tol, density_width, zero_tol, **static)
+
+    # All R in one vmap when they fit; smaller batches bound the memory.
+    return _map_in_chunks(one, (params_R, noise_R), replica_batch)
+
+
+def _map_in_chunks(f: Callable, xs: Any, chunk: int) -> Any:
+    """``lax.map(f, xs)`` vmapping ``chunk`` items at a time (chunk divides the length)."""
+    n = jax.tree.leaves(xs)[0].shape[0]
+    if chunk >= n:
+        return jax.vmap(f)(xs)
+    return jax.lax.map(f, xs, batch_size=chunk if chunk > 1 else None)
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    """The largest divisor of n that is <= at_most (and >= 1)."""
+    return max(d for d in range(1, max(1, min(n, at_most)) + 1) if n % d == 0)
+
+
+def _eigenpairs_core(loss_fn, params, key, tol, smallest, *, k, num_matvecs):
+    matvec, theta0 = hessian.flat_hvp(loss_fn, params)
+    v0, restart = jax.random.normal(key, (2, *theta0.shape), theta0.dtype)
+    tri = lanczos_tridiag(matvec, v0, num_matvecs, restart_vector=restart)
+    theta, S, bounds = ritz_pairs(tri)
+    # ``smallest`` is dynamic so that both ends share one compiled program.
+    idx = jnp.where(smallest, jnp.arange(k), num_matvecs - 1 - jnp.arange(k))
+    vectors = jax.vmap(lambda s: _fix_sign(_unit(s @ tri.basis)))(S[:, idx].T)
+    vectors = jax.vmap(ravel_pytree(params)[1])(vectors)
+    scale = jnp.maximum(jnp.abs(theta[0]), jnp.abs(theta[-1]))
+    finite = jnp.all(jnp.isfinite(theta)) & jnp.isfinite(tri.residual_norm)
+    return theta[idx], vectors, bounds[idx], bounds[idx] <= tol * scale, finite
+
+
+def _trace_core(loss_fn, params, key, *, num_probes, estimator):
+    matvec, theta0 = hessian.flat_hvp(loss_fn, params)
+    if estimator == "hutchinson":
+        estimate = stochtrace.estimator_monte_carlo_mean_and_sem(
+            stochtrace.monte_carlo_trace(), stochtrace.sampler_signs(theta0, num=num_probes)
+        )
+    else:
+        # XTrace needs rotation-invariant probes for its "resphering" step.
+        estimate = stochtrace.estimator_leave_one_out_mean_and_sem(
+            stochtrace.leave_one_out_xtrace(), stochtrace.sampler_sphere(theta0, num=num_probes)
+        )
+    # matfree's XTrace broadcasts a vector against a matrix implicitly; allow it here only,
+    # so that callers running with jax_numpy_rank_promotion="raise" can still use it.
+    with jax.numpy_rank_promotion("allow"):
+        return estimate(matvec, key)
+
+
+def _unit(v: jax.Array) -> jax.Array:
+    return v / jnp.linalg.norm(v)
+
+
+def _fix_sign(v: jax.Array) -> jax.Array:
+    return v * jnp.where(v[jnp.argmax(jnp.abs(v))] < 0, -1.0, 1.0).astype(v.dtype)
+
+
+_SPECTRUM_STATIC = ("method", "num_matvecs", "num_extreme", "num_probes", "chunk_size")
+# The entry points are the outermost calls, so they jit; the kernels above never do.
+# ``loss_fn`` is static: compilation is cached per loss object and shapes.
+_spectrum_jit = jax.jit(_spectrum_entry, static_argnums=0, static_argnames=_SPECTRUM_STATIC)
+_spectra_jit = jax.jit(
+    _spectra_entry, static_argnums=0, static_argnames=(*_SPECTRUM_STATIC, "replica_batch")
+)
+_eigenpairs_jit = jax.jit(_eigenpairs_core, static_argnums=0, static_argnames=("k", "num_matvecs"))
+_trace_jit = jax.jit(_trace_core, static_argnums=0, static_argnames=("num_probes", "estimator"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Counting
+# ---------------------------------------------------------------------------------------------
+
+
 def check_zero_tol(zero_tol: Any) -> float:
+    """``zero_tol`` as a float; ValueError unless it is a finite number >= 0."""
     try:
         value = float(zero_tol)
     except (TypeError, ValueError) as err:
@@ -106,31 +753,113 @@ def check_zero_tol(zero_tol: Any) -> float:
     return value
 
 
-def _counts(eigenvalues: jax.Array, zero_tol: float) -> dict[str, jax.Array]:
-    num_params = eigenvalues.shape[-1]
-    num_negative = jnp.sum(eigenvalues < -zero_tol, axis=-1)
-    num_positive = jnp.sum(eigenvalues > zero_tol, axis=-1)
-    return dict(
-        num_negative=num_negative,
-        num_zero=num_params - num_negative - num_positive,
-        num_positive=num_positive,
-        index=num_negative / num_params,
-        minimum_ratio=num_positive / num_params,
+def _counts(
+    eigenvalues: jax.Array, weights: jax.Array | None, num_params: int, zero_tol: float
+) -> dict[str, jax.Array]:
+    negative = eigenvalues < -zero_tol
+    positive = eigenvalues > zero_tol
+    if weights is None:
+        num_negative = jnp.sum(negative, axis=-1)
+        num_positive = jnp.sum(positive, axis=-1)
+        num_zero = num_params - num_negative - num_positive
+        index = num_negative / num_params
+        zeros = jnp.zeros_like(index)
+        # Interlacing: each of the P - m unresolved eigenvalues may fall on either side.
+        unresolved = (num_params - eigenvalues.shape[-1]) / num_params
+        return dict(
+            num_negative=num_negative,
+            num_zero=num_zero,
+            num_positive=num_positive,
+            index=index,
+            minimum_ratio=num_positive / num_params,
+            zero_fraction=num_zero / num_params,
+            index_sem=zeros,
+            minimum_ratio_sem=zeros,
+            zero_fraction_sem=zeros,
+            index_bias_bound=zeros + unresolved,
+            minimum_ratio_bias_bound=zeros + unresolved,
+            zero_fraction_bias_bound=zeros + min(1.0, 2 * unresolved),
+        )
+    # SLQ: per-probe quadrature mass below / inside / above the tolerance band.
+    per_probe = {
+        "index": jnp.sum(weights * negative, axis=-1),
+        "minimum_ratio": jnp.sum(weights * positive, axis=-1),
+        "zero_fraction": jnp.sum(weights * ~(negative | positive), axis=-1),
+    }
+    bias_negative = _bracket_weight(weights, jnp.sum(negative, axis=-1))
+    bias_positive = _bracket_weight(weights, eigenvalues.shape[-1] - jnp.sum(positive, axis=-1))
+    bias = {
+        "index": bias_negative,
+        "minimum_ratio": bias_positive,
+        "zero_fraction": bias_negative + bias_positive,
+    }
+    num_probes = weights.shape[-2]
+    out = {}
+    for name, values in per_probe.items():
+        out[name] = jnp.mean(values, axis=-1)
+        out[f"{name}_sem"] = jnp.std(values, axis=-1, ddof=1) / math.sqrt(num_probes)
+        out[f"{name}_bias_bound"] = jnp.mean(bias[name], axis=-1)
+    out.update(
+        num_negative=num_params * out["index"],
+        num_zero=num_params * out["zero_fraction"],
+        num_positive=num_params * out["minimum_ratio"],
+    )
+    return out
+
+
+_counts_jit = jax.jit(_counts, static_argnums=2)
+
+
+def _bracket_weight(weights: jax.Array, num_below: jax.Array) -> jax.Array:
+    """Weight of the heavier of the two nodes around a threshold with num_below nodes below.
+
+    Chebyshev-Markov-Stieltjes: the true spectral measure below the threshold lies within
+    the quadrature's mass minus the node just below and plus the node just above.
+    """
+    m = weights.shape[-1]
+    below = jnp.take_along_axis(weights, jnp.clip(num_below - 1, 0, m - 1)[..., None], axis=-1)
+    above = jnp.take_along_axis(weights, jnp.clip(num_below, 0, m - 1)[..., None], axis=-1)
+    below = jnp.where(num_below > 0, below[..., 0], 0)
+    above = jnp.where(num_below < m, above[..., 0], 0)
+    return jnp.maximum(below, above)
+
+
+def _ravel_batched(tree: Params, batch_ndim: int) -> np.ndarray | None:
+    leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(tree)]
+    if not leaves:
+        return None
+    return np.concatenate(
+        [leaf.reshape(leaf.shape[:batch_ndim] + (-1,)) for leaf in leaves], axis=-1
     )
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _dense_eigh(loss_fn, params):
-    H = hessian.dense_hessian(loss_fn, params)
-    H = 0.5 * (H + H.T)  # exact in theory; removes rounding asymmetry before eigh
-    finite = jnp.all(jnp.isfinite(H))
-    eigenvalues, eigenvectors = jnp.linalg.eigh(H)
-    v = eigenvectors[:, 0]
-    v = v * jnp.where(v[jnp.argmax(jnp.abs(v))] < 0, -1.0, 1.0).astype(v.dtype)
-    return eigenvalues, v, finite
+# ---------------------------------------------------------------------------------------------
+# Argument checks and planning
+# ---------------------------------------------------------------------------------------------
 
 
-def _validate(loss_fn: Callable, params: Params) -> None:
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bounds}, got {value}")
+    return value
+
+
+def _check_positive(name: str, value: Any) -> float:
+    try:
+        result = float(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a positive number, got {value!r}") from err
+    if not (math.isfinite(result) and result > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+    return result
+
+
+def _validate(loss_fn: Callable, params: Params) -> tuple[int, jnp.dtype]:
+    """Checks the loss and the parameters; returns (P, dtype of the flat vector)."""
     leaves = jax.tree.leaves(params)
     if not leaves:
         raise ValueError("params has no array leaves: nothing to differentiate")
@@ -143,53 +872,424 @@ def _validate(loss_fn: Callable, params: Params) -> None:
     if not hasattr(out, "shape") or out.shape != ():
         shape = getattr(out, "shape", type(out).__name__)
         raise ValueError(f"loss_fn must return a scalar, got shape {shape}")
+    num_params = sum(math.prod(jnp.shape(leaf)) for leaf in leaves)
+    return num_params, jnp.dtype(jnp.result_type(*leaves))
+
+
+def _available_memory_bytes() -> int:
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return FALLBACK_MEMORY_BYTES
+
+
+def _jaxpr_bytes(jaxpr) -> int:
+    total = 0
+    for eqn in jaxpr.eqns:
+        for var in eqn.outvars:
+            aval = var.aval
+            if hasattr(aval, "shape") and hasattr(aval, "dtype"):
+                total += math.prod(aval.shape) * np.dtype(aval.dtype).itemsize
+        for param in eqn.params.values():
+            inner = getattr(param, "jaxpr", param)
+            if hasattr(inner, "eqns"):
+                total += _jaxpr_bytes(inner)
+    return total
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_plan(loss_fn, treedef, avals, method, num_matvecs, num_probes, num_replicas):
+    num_params = sum(math.prod(shape) for shape, _ in avals)
+    dtype = jnp.result_type(*(d for _, d in avals))
+    shapes = jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in avals])
+    try:
+        # All intermediates of one gradient evaluation, twice (primal and tangent): an upper
+        # bound on what one more vector in a vmapped Hessian-vector product needs.
+        jaxpr = jax.make_jaxpr(jax.grad(loss_fn))(shapes)
+        vector_bytes = 2 * _jaxpr_bytes(jaxpr.jaxpr)
+    except Exception:  # a loss that cannot be traced on its own (e.g. closes over tracers)
+        vector_bytes = FALLBACK_VECTOR_BYTES_PER_PARAM * num_params * jnp.dtype(dtype).itemsize
+    return memory_plan(
+        method=method,
+        num_params=num_params,
+        itemsize=jnp.dtype(dtype).itemsize,
+        vector_bytes=vector_bytes,
+        available_bytes=_available_memory_bytes(),
+        num_matvecs=num_matvecs,
+        num_probes=num_probes,
+        num_replicas=num_replicas,
+    )
+
+
+def _plan(loss_fn, params, options: _Options, num_replicas: int) -> tuple[int, int]:
+    leaves, treedef = jax.tree.flatten(params)
+    avals = tuple((tuple(jnp.shape(x)), jnp.dtype(jnp.result_type(x))) for x in leaves)
+    replicas, chunk = _cached_plan(
+        loss_fn,
+        treedef,
+        avals,
+        options.method,
+        options.num_matvecs,
+        options.num_probes,
+        num_replicas,
+    )
+    if options.chunk_size is not None:
+        chunk = options.chunk_size
+        if options.method == "slq":
+            chunk = _largest_divisor(options.num_probes, chunk)
+    return replicas, chunk
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    method: str
+    zero_tol: float
+    num_params: int
+    num_matvecs: int | None
+    num_extreme: int | None
+    num_probes: int | None
+    chunk_size: int | None
+    tol: float | None
+    density_width: float | None
+
+
+def _resolve_options(
+    loss_fn,
+    params,
+    *,
+    method,
+    zero_tol,
+    num_matvecs,
+    num_extreme,
+    tol,
+    num_probes,
+    density_width,
+    chunk_size,
+) -> _Options:
+    if method not in METHODS:
+        raise ValueError(f"unknown spectrum method {method!r}; choose from {METHODS}")
+    zero_tol = check_zero_tol(zero_tol)
+    num_params, dtype = _validate(loss_fn, params)
+    only = {
+        "num_matvecs": (num_matvecs, ("lanczos", "slq")),
+        "num_extreme": (num_extreme, ("lanczos",)),
+        "tol": (tol, ("lanczos", "slq")),
+        "num_probes": (num_probes, ("slq",)),
+        "density_width": (density_width, ("slq",)),
+        "chunk_size": (chunk_size, ("dense", "slq")),
+    }
+    for name, (value, methods) in only.items():
+        if value is not None and method not in methods:
+            raise ValueError(f"{name} applies to method {' and '.join(methods)}, not {method!r}")
+    if chunk_size is not None:
+        chunk_size = _check_int("chunk_size", chunk_size, 1)
+    if method == "dense":
+        return _Options(method, zero_tol, num_params, None, None, None, chunk_size, None, None)
+
+    if num_params < 2:
+        raise ValueError(f"method {method!r} needs at least 2 parameters, got P = {num_params}")
+    if num_matvecs is None:
+        num_matvecs = min(num_params, DEFAULT_NUM_MATVECS)
+    num_matvecs = _check_int("num_matvecs", num_matvecs, 2, num_params)
+    if num_extreme is None:
+        num_extreme = min(DEFAULT_NUM_EXTREME, num_matvecs)
+    num_extreme = _check_int("num_extreme", num_extreme, 1, num_matvecs)
+    # sqrt(eps): a residual this small makes an isolated eigenvalue accurate to ~eps.
+    tol = math.sqrt(float(jnp.finfo(dtype).eps)) if tol is None else _check_positive("tol", tol)
+    if method == "lanczos":
+        return _Options(
+            method, zero_tol, num_params, num_matvecs, num_extreme, None, None, tol, None
+        )
+    num_probes = _check_int(
+        "num_probes", DEFAULT_NUM_PROBES if num_probes is None else num_probes, 2
+    )
+    if density_width is not None:
+        density_width = _check_positive("density_width", density_width)
+    return _Options(
+        method,
+        zero_tol,
+        num_params,
+        num_matvecs,
+        None,
+        num_probes,
+        chunk_size,
+        tol,
+        density_width,
+    )
+
+
+def _is_tracer(x: Any) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def _assemble(raw: dict, options: _Options) -> Spectrum:
+    return Spectrum(
+        num_params=options.num_params,
+        zero_tol=options.zero_tol,
+        method=options.method,
+        num_matvecs=options.num_matvecs,
+        num_probes=options.num_probes,
+        num_extreme=options.num_extreme,
+        tol=options.tol,
+        **raw,
+    )
+
+
+def _non_finite_error(where: str) -> ValueError:
+    return ValueError(
+        f"Hessian-vector products are non-finite (NaN or inf) {where}; "
+        "check the loss and the data for NaN"
+    )
+
+
+def _width_or_nan(options: _Options) -> float | None:
+    if options.method != "slq":
+        return None
+    return math.nan if options.density_width is None else options.density_width
+
+
+def _default_key(key: jax.Array | None) -> jax.Array:
+    return jax.random.key(0) if key is None else key
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------------
 
 
 def hessian_spectrum(
-    loss_fn: Callable[[Params], jax.Array],
+    loss_fn: LossFn,
     params: Params,
     *,
     method: str = "dense",
     zero_tol: float = 1e-5,
+    num_matvecs: int | None = None,
+    num_extreme: int | None = None,
+    tol: float | None = None,
+    num_probes: int | None = None,
+    density_width: float | None = None,
+    chunk_size: int | None = None,
+    key: jax.Array | None = None,
 ) -> Spectrum:
     """The Hessian spectrum of ``loss_fn`` at ``params``.
 
     Args:
       loss_fn: any pure JAX function of a parameter pytree (nested dicts included)
         returning a scalar.
-      params: the point; float leaves. The result has the dtype of the leaves (float64
-        in, float64 out).
-      method: ``"dense"``: full Hessian and ``eigh``, exact counts.
+      params: the point; float leaves. The result has the dtype of the leaves.
+      method: ``"dense"`` (exact), ``"lanczos"`` (extremes) or ``"slq"`` (density and
+        estimated counts); see the module docstring.
       zero_tol: absolute tolerance: |lambda| <= zero_tol counts as zero.
+      num_matvecs: lanczos/slq: Krylov depth m, 2 <= m <= P (default min(P, 100)).
+      num_extreme: lanczos: Ritz pairs at each end that ``converged`` covers
+        (default min(10, m)).
+      tol: lanczos/slq: relative residual tolerance of ``converged`` (default sqrt(eps)
+        of the dtype).
+      num_probes: slq: Rademacher probes, >= 2 (default 16).
+      density_width: slq: the Gaussian's standard deviation in eigenvalue units
+        (default 1% of the range of the Ritz values).
+      chunk_size: dense: basis vectors per vmapped chunk; slq: probes in flight at once,
+        rounded down to a divisor of num_probes (default: the memory rule of the module
+        docstring).
+      key: lanczos/slq: PRNG key of the start vectors/probes (default ``key(0)``).
 
     Returns:
-      A :class:`Spectrum`. Compilation is cached per ``loss_fn`` object, so calling twice
-      with the same ``loss_fn`` (and shapes) compiles once. Works under ``jax.vmap`` over
-      a leading replica axis of ``params``.
+      A :class:`Spectrum`. Works under ``jax.jit`` and ``jax.vmap`` (for R replicas in one
+      call with a memory-aware plan, use :func:`hessian_spectra`). Under a transformation
+      no error can be raised: a spectrum whose Hessian-vector products were non-finite
+      then has NaN values, counts of -1 and ``converged`` False.
 
     Raises:
-      ValueError: unknown method, bad zero_tol, non-float parameters, a non-scalar loss,
-        or (outside of tracing) a Hessian with NaN or inf entries.
+      ValueError: unknown method, bad zero_tol, num_matvecs outside [2, P], an option the
+        method does not use, non-float parameters, a non-scalar loss, or (outside of
+        tracing) non-finite Hessian-vector products.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown spectrum method {method!r}; choose from {METHODS}")
-    zero_tol = check_zero_tol(zero_tol)
-    _validate(loss_fn, params)
-
-    eigenvalues, v_flat, finite = _dense_eigh(loss_fn, params)
-    if not isinstance(finite, jax.core.Tracer) and not bool(finite):
-        raise ValueError(
-            "the Hessian has non-finite entries (NaN or inf) at these parameters; "
-            "check the loss and the data for NaN"
-        )
-    unravel = ravel_pytree(params)[1]
-    return Spectrum(
-        eigenvalues=eigenvalues,
-        lambda_min=eigenvalues[0],
-        lambda_max=eigenvalues[-1],
-        min_eigenvector=unravel(v_flat),
-        num_params=int(eigenvalues.shape[-1]),
-        zero_tol=zero_tol,
+    options = _resolve_options(
+        loss_fn,
+        params,
         method=method,
-        **_counts(eigenvalues, zero_tol),
+        zero_tol=zero_tol,
+        num_matvecs=num_matvecs,
+        num_extreme=num_extreme,
+        tol=tol,
+        num_probes=num_probes,
+        density_width=density_width,
+        chunk_size=chunk_size,
     )
+    chunk = _plan(loss_fn, params, options, 1)[1]
+    raw = _spectrum_jit(
+        loss_fn,
+        params,
+        _default_key(key),
+        options.tol,
+        _width_or_nan(options),
+        options.zero_tol,
+        method=method,
+        num_matvecs=options.num_matvecs,
+        num_extreme=options.num_extreme,
+        num_probes=options.num_probes,
+        chunk_size=chunk if method != "lanczos" else None,
+    )
+    finite = raw.pop("finite")
+    if not _is_tracer(finite) and not bool(finite):
+        raise _non_finite_error("at these parameters")
+    return _assemble(raw, options)
+
+
+def hessian_spectra(
+    loss_fn: LossFn,
+    params_R: Params,
+    *,
+    method: str = "dense",
+    zero_tol: float = 1e-5,
+    num_matvecs: int | None = None,
+    num_extreme: int | None = None,
+    tol: float | None = None,
+    num_probes: int | None = None,
+    density_width: float | None = None,
+    chunk_size: int | None = None,
+    key: jax.Array | None = None,
+) -> Spectrum:
+    """Spectra of R replicas (leading axis R on every leaf of ``params_R``) in one call.
+
+    Same options as :func:`hessian_spectrum`. One compiled program maps over the replicas,
+    vmapping as many at once as the memory rule allows (all R when they fit). The replicas'
+    random vectors are drawn from ``key`` in one call (so replica r's differ from those of a
+    single call with the same key; both are valid). Every field has a leading axis R.
+
+    Raises:
+      ValueError: as :func:`hessian_spectrum`; non-finite products name the replicas.
+    """
+    leaves = jax.tree.leaves(params_R)
+    if not leaves or any(jnp.ndim(leaf) < 1 for leaf in leaves):
+        raise ValueError("params_R needs a leading replica axis on every leaf")
+    num_replicas = int(jnp.shape(leaves[0])[0])
+    if any(jnp.shape(leaf)[0] != num_replicas for leaf in leaves):
+        raise ValueError("every leaf of params_R must have the same leading replica axis")
+    one = jax.tree.map(lambda x: x[0], params_R)
+    options = _resolve_options(
+        loss_fn,
+        one,
+        method=method,
+        zero_tol=zero_tol,
+        num_matvecs=num_matvecs,
+        num_extreme=num_extreme,
+        tol=tol,
+        num_probes=num_probes,
+        density_width=density_width,
+        chunk_size=chunk_size,
+    )
+    replica_batch, chunk = _plan(loss_fn, one, options, num_replicas)
+    raw = _spectra_jit(
+        loss_fn,
+        params_R,
+        _default_key(key),
+        options.tol,
+        _width_or_nan(options),
+        options.zero_tol,
+        method=method,
+        num_matvecs=options.num_matvecs,
+        num_extreme=options.num_extreme,
+        num_probes=options.num_probes,
+        chunk_size=chunk if method != "lanczos" else None,
+        replica_batch=replica_batch,
+    )
+    finite = raw.pop("finite")
+    if not _is_tracer(finite) and not bool(jnp.all(finite)):
+        bad = [int(r) for r in np.flatnonzero(~np.asarray(finite))]
+        raise _non_finite_error(f"for replicas {bad}")
+    return _assemble(raw, options)
+
+
+def hessian_eigenpairs(
+    loss_fn: LossFn,
+    params: Params,
+    k: int,
+    *,
+    which: str = "largest",
+    num_matvecs: int | None = None,
+    tol: float | None = None,
+    key: jax.Array | None = None,
+) -> Eigenpairs:
+    """The k largest (or smallest) eigenpairs by Lanczos with full reorthogonalisation.
+
+    Args:
+      loss_fn: pure scalar function of a parameter pytree.
+      params: the point.
+      k: number of pairs, 1 <= k <= num_matvecs.
+      which: ``"largest"`` (algebraically, descending) or ``"smallest"`` (ascending; the
+        most negative first: escape directions of a saddle).
+      num_matvecs: Krylov depth m, k <= m <= P (default min(P, max(100, 4 k))).
+      tol: relative residual tolerance of ``converged`` (default sqrt(eps)).
+      key: PRNG key of the start vector (default ``key(0)``).
+
+    Returns:
+      :class:`Eigenpairs` (compiled once per ``loss_fn``).
+    """
+    if which not in EIGENPAIR_WHICH:
+        raise ValueError(f"which must be one of {EIGENPAIR_WHICH}, got {which!r}")
+    num_params, dtype = _validate(loss_fn, params)
+    if num_params < 2:
+        raise ValueError(f"Lanczos needs at least 2 parameters, got P = {num_params}")
+    k = _check_int("k", k, 1, num_params)
+    if num_matvecs is None:
+        num_matvecs = min(num_params, max(DEFAULT_NUM_MATVECS, 4 * k))
+    num_matvecs = _check_int("num_matvecs", num_matvecs, max(2, k), num_params)
+    tol = math.sqrt(float(jnp.finfo(dtype).eps)) if tol is None else _check_positive("tol", tol)
+    values, vectors, bounds, converged, finite = _eigenpairs_jit(
+        loss_fn, params, _default_key(key), tol, which == "smallest", k=k, num_matvecs=num_matvecs
+    )
+    if not _is_tracer(finite) and not bool(finite):
+        raise _non_finite_error("at these parameters")
+    return Eigenpairs(values, vectors, bounds, converged)
+
+
+def hessian_trace(
+    loss_fn: LossFn,
+    params: Params,
+    *,
+    num_probes: int = DEFAULT_TRACE_PROBES,
+    estimator: str = "hutchinson",
+    key: jax.Array | None = None,
+) -> TraceEstimate:
+    """A stochastic estimate of tr(H) with its standard error, by matfree's estimators.
+
+    Args:
+      loss_fn: pure scalar function of a parameter pytree.
+      params: the point.
+      num_probes: probes (Hessian-vector products), all vmapped at once; >= 2.
+      estimator: ``"hutchinson"``: Rademacher probes, mean of ``v^T H v`` (Hutchinson 1990;
+        error ~ ||H||_F sqrt(2 / num_probes)). ``"xtrace"``: XTrace (Epperly, Tropp & Webber
+        2024, SIMAX 45), exact on the span of the probes plus a leave-one-out Hutchinson
+        correction: far smaller error when the spectrum is dominated by a few outliers (as
+        network Hessians are); needs num_probes <= P.
+      key: PRNG key of the probes (default ``key(0)``).
+
+    Returns:
+      :class:`TraceEstimate` ``(value, sem)``; ``sem`` is matfree's standard error (the
+      population standard deviation of the per-probe, or leave-one-out, estimates over
+      sqrt(num_probes)).
+    """
+    if estimator not in TRACE_ESTIMATORS:
+        raise ValueError(f"estimator must be one of {TRACE_ESTIMATORS}, got {estimator!r}")
+    num_params, _ = _validate(loss_fn, params)
+    high = num_params if estimator == "xtrace" else None
+    num_probes = _check_int("num_probes", num_probes, 2, high)
+    value, sem = _trace_jit(
+        loss_fn, params, _default_key(key), num_probes=num_probes, estimator=estimator
+    )
+    if not _is_tracer(value) and not bool(jnp.isfinite(value)):
+        raise _non_finite_error("at these parameters")
+    return TraceEstimate(value, sem)

@@ -1,286 +1,511 @@
-"""``python -m saddlestudy.sweep``: train MLP replicas, then classify where they stopped.
+"""``python -m saddlestudy.sweep [CONFIG]``: the census of critical points over a study grid.
 
-For each architecture: train R replicas (one compiled, vmapped program), compute the dense
-Hessian spectrum at every end point (vmapped too), and print one row per replica with the
-parameter count, loss, gradient norm and the numbers of negative / zero / positive
-eigenvalues. The command line is thin; :func:`run` does the work and tests call it directly.
+For each cell of the grid (dataset x architecture x optimizer x finder) it trains the
+replicas in one vmapped program, takes starting points along the trajectories (snapshots by
+step and by loss level, plus the end point), runs the critical-point finder from every start
+(batched), computes the Hessian spectrum at every point found (batched; dense up to
+``spectrum.dense_max_params``, Lanczos/SLQ beyond), and writes one row per point to the
+results store (:mod:`saddlestudy.store`). Rerunning resumes; ``--fresh`` starts over.
+
+The command line is thin: :func:`run_study` does the work, and tests call it directly.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import functools
+import hashlib
+import json
+import math
+import os
+import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pyarrow as pa
 
-from saddlestudy import data, losses, models, optim, spectrum, train
+import saddlestudy
+from saddlestudy import config as study_config
+from saddlestudy import critical, data, losses, models, optim, spectrum, store, train
 
-
-@dataclasses.dataclass(frozen=True)
-class SweepConfig:
-    """A small study: one dataset, one depth, several widths, R replicas each."""
-
-    dataset: str = "digits"
-    pca_dim: int | None = 8
-    num_samples: int | None = 256
-    depth: int = 1
-    widths: tuple[int, ...] = (1, 2, 4, 8)
-    activation: str = "tanh"
-    optimizer: str = "adam"
-    learning_rate: float = 0.02
-    num_steps: int = 2000
-    num_replicas: int = 4
-    seed: int = 0
-    zero_tol: float = 1e-5
-    dtype: str = "float64"
-
-    def validate(self) -> None:
-        """Raises one clear ValueError naming the first bad field, before any computation."""
-        if self.dataset not in data.DATASETS:
-            raise ValueError(f"dataset: unknown {self.dataset!r}; choose from {data.DATASETS}")
-        try:
-            optim.make_optimizer(self.optimizer, learning_rate=self.learning_rate)
-        except ValueError as err:
-            raise ValueError(f"optimizer: {err}") from None
-        if self.activation not in models.ACTIVATIONS:
-            raise ValueError(
-                f"activation: unknown {self.activation!r}; choose from {sorted(models.ACTIVATIONS)}"
-            )
-        if not self.widths or any(w < 1 for w in self.widths):
-            raise ValueError(f"widths: need one or more widths >= 1, got {self.widths}")
-        if self.depth < 0:
-            raise ValueError(f"depth: must be >= 0, got {self.depth}")
-        if self.num_replicas < 1:
-            raise ValueError(f"replicas: must be >= 1, got {self.num_replicas}")
-        if self.num_steps < 1:
-            raise ValueError(f"steps: must be >= 1, got {self.num_steps}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype: must be float32 or float64, got {self.dtype!r}")
-        spectrum.check_zero_tol(self.zero_tol)
-
-    def dataset_kwargs(self) -> dict:
-        kwargs: dict = {"dtype": self.dtype}
-        if self.dataset == "digits":
-            kwargs.update(pca_dim=self.pca_dim, num_samples=self.num_samples, seed=self.seed)
-        elif self.dataset in ("mnist1d", "teacher_student", "linear_autoencoder"):
-            kwargs["seed"] = self.seed
-            if self.num_samples is not None:
-                kwargs["num_samples"] = self.num_samples
-        return kwargs
+DEFAULT_OUT = Path("results")
 
 
-def _dense_spectra(loss_fn, params_R, zero_tol):
-    return jax.vmap(lambda p: spectrum.hessian_spectrum(loss_fn, p, zero_tol=zero_tol))(params_R)
+# -- provenance ------------------------------------------------------------------------------
+@functools.cache
+def git_commit() -> str:
+    """The package's git commit (with ``+dirty`` for uncommitted changes), or ``unknown``."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
 
 
-def run(config: SweepConfig) -> list[dict]:
-    """Runs the study and returns one row (a dict) per trained replica."""
-    config.validate()
-    dataset = data.load_dataset(config.dataset, **config.dataset_kwargs())
-    dtype = jnp.dtype(config.dtype)
-    x = jnp.asarray(dataset.x, dtype)
-    y = (
-        jnp.asarray(dataset.y)
-        if dataset.task == "classification"
-        else jnp.asarray(dataset.y, dtype)
+def provenance() -> dict:
+    device = jax.devices()[0]
+    return {
+        "package_version": saddlestudy.__version__,
+        "git_commit": git_commit(),
+        "jax_version": jax.__version__,
+        "device": f"{device.platform}:{device.device_kind}",
+        "device_count": jax.device_count(),
+    }
+
+
+def enable_compilation_cache() -> str:
+    """Turns JAX's persistent compilation cache on (``SADDLESTUDY_JAX_CACHE`` overrides)."""
+    path = os.environ.get(
+        "SADDLESTUDY_JAX_CACHE", str(Path.home() / ".cache" / "saddlestudy" / "jax")
     )
-    loss_name = losses.default_loss(dataset.task)
-    key = jax.random.key(config.seed)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return path
 
-    rows = []
-    for width in config.widths:
-        arch = models.MLPConfig(
-            in_features=dataset.input_dim,
-            out_features=dataset.output_dim,
-            depth=config.depth,
-            width=width,
-            activation=config.activation,
+
+# -- one cell --------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=16)
+def _dataset(dtype: str, entry_json: str) -> data.Dataset:
+    entry = json.loads(entry_json)
+    return study_config.load_cell_dataset({"study": {"dtype": dtype}}, entry)
+
+
+@functools.lru_cache(maxsize=64)
+def _loss_fn(dtype: str, entry_json: str, arch: models.MLPConfig, loss: str, l2: float):
+    # Cached so that cells sharing data and architecture share one loss_fn object, and so
+    # one compiled finder / spectrum program (jit caches are keyed on the function).
+    ds = _dataset(dtype, entry_json)
+    x = jnp.asarray(ds.x)
+    y = jnp.asarray(ds.y)
+    return losses.make_loss_fn(models.make_apply(arch), x, y, loss=loss, l2=l2)
+
+
+def _stable_int(*parts) -> int:
+    return int(hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:8], 16)
+
+
+def _tol_name(tol: float) -> str:
+    return f"{tol:.0e}".replace("e-0", "e-").replace("e+0", "e+")
+
+
+def run_cell(cfg: dict, cell: dict) -> tuple[pa.Table, dict[str, np.ndarray]]:
+    """Trains, finds and measures one cell; returns its rows and its spectra."""
+    dtype = cfg["study"]["dtype"]
+    if dtype == "float64":  # here too, not only in run_study: Ray workers start fresh
+        jax.config.update("jax_enable_x64", True)
+    entry_json = json.dumps(cell["data"], sort_keys=True)
+    ds = _dataset(dtype, entry_json)
+    width = tuple(cell["width"]) if isinstance(cell["width"], list) else cell["width"]
+    arch = models.MLPConfig(
+        in_features=ds.input_dim,
+        out_features=ds.output_dim,
+        depth=cell["depth"],
+        width=width if cell["depth"] else 1,
+        activation=cell["activation"],
+        use_bias=cell["use_bias"],
+    )
+    loss_fn = _loss_fn(dtype, entry_json, arch, cell["loss"], float(cell["l2"]))
+    t = cfg["train"]
+    R = t["replicas"]
+    # The same initial replicas for every optimizer and finder of an architecture: a fair
+    # comparison; the key depends only on the study seed, the data and the architecture.
+    init_key = jax.random.fold_in(
+        jax.random.key(cfg["study"]["seed"]), _stable_int(cell["data"], repr(arch))
+    )
+    params_R = models.init_replicas(arch, init_key, R, dtype)
+    hparams = {k: v for k, v in cell["optimizer"].items() if k != "name"}
+    optimizer = optim.make_optimizer(cell["optimizer"]["name"], **hparams)
+    train_cfg = train.TrainConfig(
+        num_steps=t["num_steps"],
+        record_every=t["record_every"],
+        batch_size=t["batch_size"] or None,
+        snapshot_steps=tuple(t["snapshot_steps"]),
+        snapshot_losses=tuple(t["snapshot_losses"]),
+    )
+    timings = {}
+    t0 = time.perf_counter()
+    if train_cfg.batch_size is None:
+        result = train.train_replicas(loss_fn, params_R, optimizer, train_cfg)
+    else:
+        batch_loss = losses.make_batch_loss_fn(
+            models.make_apply(arch), loss=cell["loss"], l2=float(cell["l2"])
         )
-        loss_fn = losses.make_loss_fn(models.make_apply(arch), x, y, loss=loss_name)
-        params_R = models.init_replicas(
-            arch, jax.random.fold_in(key, width), config.num_replicas, dtype
+        xy = (jnp.asarray(ds.x), jnp.asarray(ds.y))
+        result = train.train_replicas(
+            batch_loss, params_R, optimizer, train_cfg, data=xy, key=jax.random.fold_in(init_key, 1)
         )
-        t0 = time.perf_counter()
-        optimizer = optim.make_optimizer(config.optimizer, learning_rate=config.learning_rate)
-        result = train.train_replicas(loss_fn, params_R, optimizer, config.num_steps)
-        jax.block_until_ready(result)
-        t1 = time.perf_counter()
-        spectra = _dense_spectra(loss_fn, result.params, config.zero_tol)
-        jax.block_until_ready(spectra)
-        t2 = time.perf_counter()
-        finite = np.asarray(jnp.all(jnp.isfinite(spectra.eigenvalues), axis=-1))
-        for r in range(config.num_replicas):
-            rows.append(
-                dict(
-                    dataset=dataset.name,
-                    depth=config.depth,
-                    width=width,
-                    activation=config.activation,
-                    num_params=arch.num_params,
-                    replica=r,
-                    optimizer=config.optimizer,
-                    steps=int(result.steps[r]),
-                    diverged=bool(result.diverged[r]),
-                    loss=float(result.loss[r]),
-                    grad_norm=float(np.sqrt(result.grad_norm_sq[r])),
-                    spectrum_ok=bool(finite[r]),
-                    num_negative=int(spectra.num_negative[r]),
-                    num_zero=int(spectra.num_zero[r]),
-                    num_positive=int(spectra.num_positive[r]),
-                    index=float(spectra.index[r]),
-                    minimum_ratio=float(spectra.minimum_ratio[r]),
-                    lambda_min=float(spectra.lambda_min[r]),
-                    lambda_max=float(spectra.lambda_max[r]),
-                    train_seconds=t1 - t0,
-                    spectrum_seconds=t2 - t1,
-                )
-            )
-    return rows
+    jax.block_until_ready(result)
+    timings["train_seconds"] = time.perf_counter() - t0
+
+    # Starts: per replica, the step snapshots, the loss snapshots, then the end point.
+    S, L = len(train_cfg.snapshot_steps), len(train_cfg.snapshot_losses)
+    kinds = ["step"] * S + ["loss"] * L + ["end"]
+    starts = jax.tree.map(
+        lambda s, l, e: jnp.concatenate([s, l, e[:, None]], axis=1).reshape(
+            R * (S + L + 1), *e.shape[1:]
+        ),
+        result.step_snapshots,
+        result.loss_snapshots,
+        result.params,
+    )
+    reached = np.concatenate(
+        [np.ones((R, S), bool), np.asarray(result.loss_snapshot_steps) >= 0, np.ones((R, 1), bool)],
+        axis=1,
+    ).reshape(-1)
+
+    t0 = time.perf_counter()
+    found = critical.find_critical_points(
+        loss_fn,
+        starts,
+        method=cell["finder_method"],
+        grad_tol=cfg["finder"]["grad_tol"],
+        max_iters=cfg["finder"]["max_iters"],
+    )
+    jax.block_until_ready(found)
+    timings["finder_seconds"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    tols = cfg["spectrum"]["zero_tols"]
+    primary_tol = 1e-5 if 1e-5 in tols else tols[-1]
+    method = cell["spectrum_method"]
+    kwargs = {} if method == "dense" else {"num_matvecs": cfg["spectrum"]["num_matvecs"]}
+    spectra = spectrum.hessian_spectra(
+        loss_fn, found.params, method=method, zero_tol=primary_tol, **kwargs
+    )
+    jax.block_until_ready(spectra)
+    timings["spectrum_seconds"] = time.perf_counter() - t0
+    return _rows(cfg, cell, arch, result, found, spectra, kinds, reached, primary_tol, timings)
 
 
-_COLUMNS = [
-    ("width", "{:>5d}"),
-    ("num_params", "{:>6d}"),
-    ("replica", "{:>3d}"),
-    ("loss", "{:>10.4e}"),
-    ("grad_norm", "{:>10.3e}"),
-    ("num_negative", "{:>5d}"),
-    ("num_zero", "{:>5d}"),
-    ("num_positive", "{:>5d}"),
-    ("minimum_ratio", "{:>6.3f}"),
-    ("lambda_min", "{:>10.3e}"),
-]
-_HEADERS = {
-    "width": "width",
-    "num_params": "P",
-    "replica": "rep",
-    "loss": "loss",
-    "grad_norm": "|grad|",
-    "num_negative": "#neg",
-    "num_zero": "#zero",
-    "num_positive": "#pos",
-    "minimum_ratio": "minrat",
-    "lambda_min": "lam_min",
-}
+def _rows(cfg, cell, arch, result, found, spectra, kinds, reached, primary_tol, timings):
+    n_starts = len(kinds)
+    t = cfg["train"]
+    start_step = t["snapshot_steps"] + [None] * len(t["snapshot_losses"]) + [None]
+    start_level = [None] * len(t["snapshot_steps"]) + list(t["snapshot_losses"]) + [None]
+    loss_steps = np.asarray(result.loss_snapshot_steps)
+    steps_taken = np.asarray(result.steps)
+    prov = provenance()
+    columns: dict[str, list] = {}
+    arrays: dict[str, np.ndarray] = {}
+    eig = np.asarray(spectra.eigenvalues) if spectra.eigenvalues is not None else None
+    keep = np.flatnonzero(reached)
+    for i in keep:
+        r, s = divmod(int(i), n_starts)
+        row_id = f"{cell['cell_id']}:{i}"
+        kind = kinds[s]
+        if kind == "step":
+            step = start_step[s]
+        elif kind == "loss":
+            step = int(loss_steps[r, s - len(t["snapshot_steps"])])
+        else:
+            step = int(steps_taken[r])
+        row = {
+            "row_id": row_id,
+            "study": cfg["study"]["name"],
+            "config_hash": study_config.config_hash(cfg),
+            "cell_id": cell["cell_id"],
+            "dataset": cell["dataset"],
+            "data_args": json.dumps(cell["data"], sort_keys=True),
+            "num_samples": cell["num_samples"],
+            "depth": cell["depth"],
+            "width": max(arch.widths) if arch.widths else 0,
+            "widths": "-".join(map(str, arch.widths)),
+            "activation": cell["activation"],
+            "loss_name": cell["loss"],
+            "num_params": arch.num_params,
+            "optimizer": cell["optimizer"]["name"],
+            "optimizer_hparams": json.dumps(cell["optimizer"], sort_keys=True),
+            "learning_rate": float(cell["optimizer"].get("learning_rate", math.nan)),
+            "seed": cfg["study"]["seed"],
+            "replica": r,
+            "start_kind": kind,
+            "start_step": step,
+            "start_loss_level": start_level[s],
+            "train_diverged": bool(result.diverged[r]),
+            "train_loss": float(result.loss[r]),
+            "finder_method": cell["finder_method"],
+            "grad_tol": cfg["finder"]["grad_tol"],
+            "converged": bool(found.converged[i]),
+            "gradient_flat": bool(found.gradient_flat[i]),
+            "grad_norm_sq": float(found.grad_norm_sq[i]),
+            "loss": float(found.loss[i]),
+            "iterations": int(found.iterations[i]),
+            "spectrum_method": cell["spectrum_method"],
+            "zero_tol": primary_tol,
+            "index": float(spectra.index[i]) if spectra.index is not None else None,
+            "minimum_ratio": float(spectra.minimum_ratio[i])
+            if spectra.minimum_ratio is not None
+            else None,
+            "lambda_min": float(spectra.lambda_min[i]),
+            "lambda_max": float(spectra.lambda_max[i]),
+            **timings,
+            **prov,
+            "dtype": cfg["study"]["dtype"],
+        }
+        P = arch.num_params
+        for tol in cfg["spectrum"]["zero_tols"]:
+            name = _tol_name(tol)
+            if eig is not None and eig.shape[-1] == P:
+                neg = int((eig[i] < -tol).sum())
+                pos = int((eig[i] > tol).sum())
+                row[f"num_negative@{name}"], row[f"num_positive@{name}"] = neg, pos
+                row[f"num_zero@{name}"] = P - neg - pos
+            else:
+                row[f"num_negative@{name}"] = row[f"num_positive@{name}"] = None
+                row[f"num_zero@{name}"] = None
+        for key, value in row.items():
+            columns.setdefault(key, []).append(value)
+        if eig is not None:
+            arrays[f"{row_id}/eigenvalues"] = eig[i]
+        for extra in ("density", "density_grid"):
+            value = getattr(spectra, extra, None)
+            if value is not None:
+                arrays[f"{row_id}/{extra}"] = np.asarray(value[i])
+    return pa.table(columns), arrays
 
 
-def format_table(rows: Sequence[dict]) -> str:
-    """A plain-text table, one line per row."""
-    widths = [len(fmt.format(1 if "d}" in fmt else 1.0)) for _, fmt in _COLUMNS]
-    header = "  ".join(_HEADERS[name].rjust(w) for (name, _), w in zip(_COLUMNS, widths))
-    lines = [header, "-" * len(header)]
+# -- the study -------------------------------------------------------------------------------
+class Progress:
+    """A one-line progress bar on stderr (cells done / total, points found, ETA)."""
+
+    def __init__(self, total: int, quiet: bool, stream=None):
+        self.total, self.quiet = total, quiet
+        self.stream = stream if stream is not None else sys.stderr
+        self.done = self.points = 0
+        self.t0 = time.perf_counter()
+        self.computed = 0
+
+    def update(self, cell: dict, rows: int, skipped: bool) -> None:
+        self.done += 1
+        self.points += rows
+        elapsed = time.perf_counter() - self.t0
+        if not skipped:
+            self.computed += 1
+        left = self.total - self.done
+        eta = elapsed / self.computed * left if self.computed else 0.0
+        if self.quiet:
+            status = "skipped (complete)" if skipped else "done"
+            print(
+                f"cell {self.done}/{self.total} {cell['cell_id']} P={cell['num_params']} "
+                f"{cell['optimizer']['name']} {status}: {rows} points",
+                file=self.stream, flush=True,
+            )  # fmt: skip
+            return
+        width = 30
+        filled = int(width * self.done / max(self.total, 1))
+        print(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} cells, "
+            f"{self.points} points, ETA {eta:5.0f} s",
+            end="" if left else "\n", file=self.stream, flush=True,
+        )  # fmt: skip
+
+
+def _expected_rows(cfg: dict) -> int | None:
+    # With loss-level snapshots the count depends on which levels were reached.
+    if cfg["train"]["snapshot_losses"]:
+        return None
+    return cfg["train"]["replicas"] * study_config.num_starts(cfg)
+
+
+def _compute_and_write(cfg: dict, cell: dict, out: str) -> int:
+    table, arrays = run_cell(cfg, cell)
+    store.Store(out, cfg["study"]["name"]).write_cell(cell["cell_id"], table, arrays)
+    return table.num_rows
+
+
+def run_study(
+    cfg: dict,
+    out: str | Path = DEFAULT_OUT,
+    *,
+    fresh: bool = False,
+    quiet: bool = False,
+    backend: str = "local",
+    ray_address: str | None = None,
+    ray_gpus_per_task: float = 0.0,
+    cell_done: Callable[[dict], None] | None = None,
+) -> Path:
+    """Runs (or resumes) a resolved study into ``out/<study>/``; returns that directory.
+
+    Raises:
+      study_config.ConfigError: a bad config (before any computation).
+      store.StoreLockedError: another sweep holds the directory.
+      store.StoreMismatchError: the directory holds another config's results (use fresh).
+    """
+    if backend not in ("local", "ray"):
+        raise study_config.ConfigError(f"backend: unknown {backend!r}; choose 'local' or 'ray'")
+    if cfg["study"]["dtype"] == "float64":
+        jax.config.update("jax_enable_x64", True)
+    cells = study_config.expand(cfg)
+    cfg_hash = study_config.config_hash(cfg)
+    st = store.Store(out, cfg["study"]["name"])
+    with st.lock():
+        manifest = {
+            "study": cfg["study"]["name"],
+            "config_hash": cfg_hash,
+            "cells": [c["cell_id"] for c in cells],
+            **provenance(),
+        }
+        st.prepare(cfg, cfg_hash, manifest, fresh=fresh)
+        progress = Progress(len(cells), quiet)
+        expected = _expected_rows(cfg)
+        todo = []
+        for cell in cells:
+            if st.is_complete(cell["cell_id"], expected):
+                progress.update(cell, _rows_in(st, cell["cell_id"]), skipped=True)
+            else:
+                todo.append(cell)
+        if backend == "local":
+            for cell in todo:
+                rows = _compute_and_write(cfg, cell, str(out))
+                progress.update(cell, rows, skipped=False)
+                if cell_done is not None:
+                    cell_done(cell)
+        else:
+            _run_on_ray(cfg, todo, str(out), progress, ray_address, ray_gpus_per_task)
+    return st.dir
+
+
+def _rows_in(st: store.Store, cell_id: str) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(st.part_path(cell_id)).num_rows
+
+
+def _run_on_ray(cfg, cells, out, progress, address, gpus_per_task):
+    try:
+        import ray
+    except ImportError:
+        raise study_config.ConfigError(
+            "backend: ray is not installed; pip install -e '.[ray]'"
+        ) from None
+    env: dict = {"env_vars": {}}
+    if 0 < gpus_per_task < 1:
+        # Several tasks share a GPU: no preallocation, each takes only its share of memory.
+        env["env_vars"].update(
+            XLA_PYTHON_CLIENT_PREALLOCATE="false",
+            XLA_PYTHON_CLIENT_MEM_FRACTION=f"{0.9 * gpus_per_task:.2f}",
+        )
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, runtime_env=env, log_to_driver=False)
+    try:
+        task = ray.remote(num_gpus=gpus_per_task)(_compute_and_write)
+        pending = {task.remote(cfg, cell, out): cell for cell in cells}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                progress.update(pending.pop(ref), ray.get(ref), skipped=False)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+# -- summary ---------------------------------------------------------------------------------
+def summarize(table: pa.Table) -> str:
+    """Per architecture: P, points, fraction converged / gradient-flat / minima, median index."""
+    rows = table.to_pylist()
+    groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        cells = [fmt.format(row[name]) for name, fmt in _COLUMNS]
-        note = "  diverged" if row["diverged"] else ("" if row["spectrum_ok"] else "  nan-hessian")
-        lines.append("  ".join(cells) + note)
+        groups.setdefault(
+            (row["num_params"], row["depth"], row["widths"], row["activation"]), []
+        ).append(row)
+    header = (
+        f"{'P':>6} {'depth':>5} {'widths':>8} {'act':>6} {'points':>6} {'conv':>6} "
+        f"{'flat':>6} {'minima':>7} {'med.index':>9}"
+    )
+    lines = [header, "-" * len(header)]
+    for (P, depth, widths, act), group in sorted(groups.items()):
+        conv = [r for r in group if r["converged"]]
+        minima = [r for r in conv if r["index"] == 0.0]
+        median = float(np.median([r["index"] for r in conv])) if conv else float("nan")
+        lines.append(
+            f"{P:>6} {depth:>5} {widths:>8} {act:>6} {len(group):>6} "
+            f"{len(conv) / len(group):>6.2f} {np.mean([r['gradient_flat'] for r in group]):>6.2f} "
+            f"{(len(minima) / len(conv) if conv else float('nan')):>7.2f} {median:>9.4f}"
+        )
+    lines.append(
+        "conv: fraction of starts that reached grad_norm_sq < grad_tol; flat: gradient-flat; "
+        "minima: fraction of converged points with no negative eigenvalue; med.index: of converged"
+    )
     return "\n".join(lines)
 
 
-def parse_args(argv: Sequence[str] | None) -> SweepConfig:
-    defaults = SweepConfig()
+# -- command line ----------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m saddlestudy.sweep",
-        description="Train MLP replicas and classify their end points by the Hessian spectrum.",
+        description="Train MLP replicas, find critical points from starts along training, "
+        "classify them by their Hessian spectra, and store one row per point.",
     )
     parser.add_argument(
-        "--dataset",
-        default=defaults.dataset,
-        help="one of %(choices)s (default %(default)s)",
-        choices=data.DATASETS,
+        "config", nargs="?", default=None,
+        help="a study TOML file, or the name of one in experiments/ (default: the embedded "
+        "default study, experiments/default.toml)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--out", default=str(DEFAULT_OUT), help="results directory (default %(default)s/)"
     )
     parser.add_argument(
-        "--pca-dim",
-        type=int,
-        default=defaults.pca_dim,
-        help="digits: PCA dimension (default %(default)s)",
+        "--backend",
+        default="local",
+        choices=("local", "ray"),
+        help="where cells run (default %(default)s)",
     )
     parser.add_argument(
-        "--num-samples",
-        type=int,
-        default=defaults.num_samples,
-        help="samples to train on (default %(default)s)",
+        "--ray-address", default=None, help="Ray cluster address (default: start a local Ray)"
     )
     parser.add_argument(
-        "--depth", type=int, default=defaults.depth, help="hidden layers (default %(default)s)"
-    )
-    parser.add_argument(
-        "--widths",
-        type=int,
-        nargs="+",
-        default=list(defaults.widths),
-        help="hidden widths to sweep (default %(default)s)",
-    )
-    parser.add_argument(
-        "--activation", default=defaults.activation, help="hidden activation (default %(default)s)"
-    )
-    parser.add_argument(
-        "--optimizer",
-        default=defaults.optimizer,
-        help=f"one of {', '.join(optim.OPTIMIZERS)} (default %(default)s)",
-    )
-    parser.add_argument(
-        "--learning-rate", type=float, default=defaults.learning_rate, help="(default %(default)s)"
-    )
-    parser.add_argument(
-        "--steps", type=int, default=defaults.num_steps, help="training steps (default %(default)s)"
-    )
-    parser.add_argument(
-        "--replicas",
-        type=int,
-        default=defaults.num_replicas,
-        help="replicas (seeds) per width (default %(default)s)",
-    )
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="(default %(default)s)")
-    parser.add_argument(
-        "--zero-tol",
+        "--ray-gpus-per-task",
         type=float,
-        default=defaults.zero_tol,
-        help="|lambda| <= this counts as zero (default %(default)s)",
+        default=0.0,
+        help="GPUs per Ray task, fractions share a GPU (default 0)",
     )
     parser.add_argument(
-        "--dtype",
-        default=defaults.dtype,
-        choices=("float32", "float64"),
-        help="(default %(default)s)",
+        "--fresh", action="store_true", help="delete this study's previous results first"
     )
-    args = parser.parse_args(argv)
-    return SweepConfig(
-        dataset=args.dataset,
-        pca_dim=args.pca_dim,
-        num_samples=args.num_samples,
-        depth=args.depth,
-        widths=tuple(args.widths),
-        activation=args.activation,
-        optimizer=args.optimizer,
-        learning_rate=args.learning_rate,
-        num_steps=args.steps,
-        num_replicas=args.replicas,
-        seed=args.seed,
-        zero_tol=args.zero_tol,
-        dtype=args.dtype,
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the expanded cells and an estimate of work, then stop",
     )
+    parser.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
+    return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = parse_args(argv)
+    args = parse_args(argv)
     try:
-        config.validate()
-    except ValueError as err:
+        cfg = study_config.load(args.config)
+        if args.dry_run:
+            print(study_config.describe(cfg, study_config.expand(cfg)))
+            return 0
+        enable_compilation_cache()
+        t0 = time.perf_counter()
+        directory = run_study(
+            cfg, args.out, fresh=args.fresh, quiet=args.quiet, backend=args.backend,
+            ray_address=args.ray_address, ray_gpus_per_task=args.ray_gpus_per_task,
+        )  # fmt: skip
+    except (study_config.ConfigError, store.StoreLockedError, store.StoreMismatchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if config.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
-    print(f"saddlestudy sweep: {config}", flush=True)
-    t0 = time.perf_counter()
-    rows = run(config)
-    print(format_table(rows))
+    table = store.load_results(directory)
+    print(summarize(table))
     print(
-        f"{len(rows)} end points in {time.perf_counter() - t0:.1f} s on {jax.devices()[0].platform}"
+        f"{table.num_rows} points of study {cfg['study']['name']} "
+        f"(config {study_config.config_hash(cfg)}) in {directory}/ "
+        f"[{time.perf_counter() - t0:.1f} s]"
     )
     return 0
 

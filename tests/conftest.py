@@ -15,3 +15,40 @@ def x64():
         yield
     finally:
         jax.config.update("jax_enable_x64", previous)
+
+
+TINY_STUDY = """
+[study]
+name = "default"
+[[data]]
+name = "digits"
+pca_dim = 4
+num_samples = 64
+[model]
+width = [2, 3]
+[[optimizer]]
+name = "irprop-"
+learning_rate = 0.01
+[train]
+num_steps = 40
+record_every = 20
+replicas = 2
+snapshot_steps = [20]
+[finder]
+max_iters = 20
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory):
+    """A small finished study at ``<root>/results/default``, shared by the tests that read one."""
+    from saddlestudy import config, sweep
+
+    previous = jax.config.jax_enable_x64
+    root = tmp_path_factory.mktemp("study")
+    path = root / "tiny.toml"
+    path.write_text(TINY_STUDY)
+    try:
+        return sweep.run_study(config.load(path), root / "results", quiet=True)
+    finally:
+        jax.config.update("jax_enable_x64", previous)

@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -95,3 +97,47 @@ def test_softmax_regression_hessian_matches_closed_form(x64):
     np.testing.assert_allclose(
         hessian.dense_hessian(loss, params), expected, rtol=1e-11, atol=1e-14
     )
+
+
+@functools.cache
+def chunk_problem():
+    """3-5-2 tanh MLP, cross-entropy: P = 32; its dense Hessian, once (jitted)."""
+    config = models.MLPConfig(3, 2, depth=1, width=5, activation="tanh")
+    params = jax.jit(models.init_params, static_argnums=(0, 2))(
+        config, jax.random.key(0), "float64"
+    )
+    x = jax.random.normal(jax.random.key(1), (6, 3), jnp.float64)
+    loss = losses.make_loss_fn(
+        models.make_apply(config), x, jnp.array([0, 1, 1, 0, 1, 0]), loss="cross_entropy"
+    )
+    return loss, params, jax.jit(hessian.dense_hessian, static_argnums=0)(loss, params)
+
+
+def test_flat_hvp_matches_hvp_on_an_mlp(x64):
+    loss, params, H = chunk_problem()
+    matvec, theta = hessian.flat_hvp(loss, params)
+    flat, unravel = ravel_pytree(params)
+    np.testing.assert_array_equal(theta, flat)
+    V = jax.random.normal(jax.random.key(3), (3, theta.size), jnp.float64)
+    products = jax.jit(jax.vmap(matvec))(V)
+    np.testing.assert_allclose(products, V @ H, rtol=1e-12, atol=1e-14)
+    single = jax.jit(lambda v: ravel_pytree(hessian.hvp(loss, params, unravel(v)))[0])(V[0])
+    np.testing.assert_allclose(products[0], single, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 7, 32, 1000])
+def test_dense_hessian_chunked_equals_dense_hessian(x64, chunk_size):
+    # P = 32: chunks that divide P, that do not (the last one is padded), and exceed it.
+    loss, params, H = chunk_problem()
+    chunked = jax.jit(hessian.dense_hessian_chunked, static_argnums=(0, 2))
+    H_chunked = chunked(loss, params, chunk_size)
+    assert H_chunked.shape == (32, 32)
+    np.testing.assert_allclose(H_chunked, H, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("chunk_size", [0, -1, 2.5, True])
+def test_dense_hessian_chunked_rejects_bad_chunk_size(chunk_size):
+    with pytest.raises(ValueError, match="chunk_size"):
+        hessian.dense_hessian_chunked(
+            lambda p: jnp.sum(p["w"] ** 2), {"w": jnp.ones(3)}, chunk_size
+        )

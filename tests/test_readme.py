@@ -8,14 +8,16 @@ import jax
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_python_blocks_run():
+def test_readme_python_blocks_run(tiny_study, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert blocks, "README.md has no python example"
+    assert len(blocks) >= 2, "README.md lost its python examples"
+    monkeypatch.chdir(tiny_study.parents[1])  # README reads results/default
     previous = jax.config.jax_enable_x64
+    namespace: dict = {}
     try:
         for block in blocks:
-            namespace: dict = {}
             exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
+        assert namespace["table"].num_rows == len(namespace["df"]) > 0
         spectrum = namespace["spectrum"]
         assert spectrum.num_params == namespace["config"].num_params
         assert (

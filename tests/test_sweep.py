@@ -1,75 +1,202 @@
-import jax
+"""The sweep end to end: a tiny study, the store it writes, resume after SIGKILL, lock, Ray."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
 import pytest
 
-from saddlestudy import sweep
+from saddlestudy import config, store, sweep
 
-TINY = [
-    "--widths",
-    "1",
-    "3",
-    "--replicas",
-    "2",
-    "--steps",
-    "100",
-    "--num-samples",
-    "64",
-    "--pca-dim",
-    "4",
-]
+TINY = """
+[study]
+name = "tiny"
+seed = 3
+
+[[data]]
+name = "digits"
+pca_dim = 4
+num_samples = 64
+
+[model]
+depth = [1]
+width = WIDTHS
+activation = ["tanh"]
+
+[[optimizer]]
+name = "irprop-"
+learning_rate = 0.01
+
+[train]
+num_steps = 40
+record_every = 20
+replicas = 2
+snapshot_steps = [20]
+
+[finder]
+method = ["newton_mr"]
+max_iters = 20
+"""
+
+TIMING = {"train_seconds", "finder_seconds", "spectrum_seconds"}
 
 
-def test_main_runs_end_to_end_and_prints_the_table(capsys):
+def write_config(tmp_path, widths="[2, 3]", name="tiny.toml"):
+    path = tmp_path / name
+    path.write_text(TINY.replace("WIDTHS", widths))
+    return path
+
+
+def comparable(table):
+    rows = [{k: v for k, v in r.items() if k not in TIMING} for r in table.to_pylist()]
+    return sorted(rows, key=lambda r: r["row_id"])
+
+
+@pytest.fixture
+def restore_x64():
+    import jax
+
     previous = jax.config.jax_enable_x64
-    try:
-        assert sweep.main(TINY) == 0
-    finally:
-        jax.config.update("jax_enable_x64", previous)
-    out = capsys.readouterr().out
-    lines = [
-        line
-        for line in out.splitlines()
-        if line.strip() and line.split()[0].isdigit() and "end points" not in line
-    ]
-    assert len(lines) == 4  # 2 widths x 2 replicas
-    assert "#neg" in out and "#zero" in out and "#pos" in out and "4 end points" in out
-    # P for 4 inputs -> w -> 10 classes: 4w + w + 10w + 10.
-    assert {int(line.split()[1]) for line in lines} == {15 * 1 + 10, 15 * 3 + 10}
+    yield
+    jax.config.update("jax_enable_x64", previous)
 
 
-def test_run_rows_are_consistent(x64):
-    config = sweep.parse_args(TINY)
-    rows = sweep.run(config)
-    assert len(rows) == 4
-    for row in rows:
-        assert row["num_negative"] + row["num_zero"] + row["num_positive"] == row["num_params"]
-        assert row["loss"] > 0 and row["grad_norm"] >= 0 and row["spectrum_ok"]
-        assert row["minimum_ratio"] == pytest.approx(row["num_positive"] / row["num_params"])
-    # Same config and seed, same numbers (timings aside).
-    timing = {"train_seconds", "spectrum_seconds"}
-    again = sweep.run(config)
-    assert [{k: v for k, v in r.items() if k not in timing} for r in rows] == [
-        {k: v for k, v in r.items() if k not in timing} for r in again
-    ]
+def test_study_writes_one_row_per_point_with_provenance(tmp_path, restore_x64, capsys):
+    cfg_path = write_config(tmp_path)
+    assert sweep.main([str(cfg_path), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    out = capsys.readouterr()
+    assert "points of study tiny" in out.out and "conv" in out.out and "cell 2/2" in out.err
+    table = store.load_results(tmp_path / "out", "tiny")
+    cfg = config.load(cfg_path)
+    assert table.num_rows == 2 * 2 * 2  # cells x replicas x (snapshot + end)
+    rows = table.to_pylist()
+    for r in rows:
+        assert r["config_hash"] == config.config_hash(cfg)
+        assert r["git_commit"] and r["jax_version"] and r["device"].startswith("cpu")
+        assert (
+            r["num_negative@1e-5"] + r["num_zero@1e-5"] + r["num_positive@1e-5"] == r["num_params"]
+        )
+        assert r["converged"] == (r["grad_norm_sq"] < r["grad_tol"])
+        eig = store.load_spectrum(tmp_path / "out", "tiny", r["row_id"])["eigenvalues"]
+        assert eig.shape == (r["num_params"],)
+        assert int((eig < -1e-5).sum()) == r["num_negative@1e-5"]
+    assert {r["start_kind"] for r in rows} == {"step", "end"}
+    saved = json.loads((tmp_path / "out" / "tiny" / "config.json").read_text())
+    assert saved == cfg
 
 
-@pytest.mark.parametrize(
-    "argv,message",
-    [
-        (["--replicas", "0"], "replicas"),
-        (["--widths", "0"], "widths"),
-        (["--optimizer", "lbfgs"], "optimizer"),
-        (["--learning-rate", "-1"], "learning_rate"),
-        (["--zero-tol", "-1"], "zero_tol"),
-        (["--activation", "cube"], "activation"),
-    ],
-)
-def test_bad_options_fail_fast_with_one_line(capsys, argv, message):
-    assert sweep.main(argv) == 2
+def test_rerun_skips_completed_cells_and_is_deterministic(tmp_path, restore_x64):
+    cfg = config.load(write_config(tmp_path))
+    first = comparable(store.load_results(sweep.run_study(cfg, tmp_path / "a", quiet=True)))
+    computed = []
+    sweep.run_study(cfg, tmp_path / "a", quiet=True, cell_done=computed.append)
+    assert computed == []  # everything was complete
+    again = comparable(store.load_results(sweep.run_study(cfg, tmp_path / "b", quiet=True)))
+    assert again == [{**r, "row_id": r["row_id"]} for r in first]
+
+
+def test_missing_or_corrupt_part_is_recomputed(tmp_path, restore_x64):
+    cfg = config.load(write_config(tmp_path))
+    directory = sweep.run_study(cfg, tmp_path, quiet=True)
+    before = comparable(store.load_results(directory))
+    parts = sorted((directory / "parts").glob("*.parquet"))
+    parts[0].write_bytes(b"garbage")
+    parts[1].unlink()
+    computed = []
+    sweep.run_study(cfg, tmp_path, quiet=True, cell_done=computed.append)
+    assert len(computed) == 2
+    assert comparable(store.load_results(directory)) == before
+
+
+def test_other_config_in_the_same_directory_needs_fresh(tmp_path, restore_x64, capsys):
+    out = str(tmp_path / "out")
+    assert sweep.main([str(write_config(tmp_path)), "--out", out, "--quiet"]) == 0
+    other = write_config(tmp_path, widths="[2]", name="other.toml")
+    assert sweep.main([str(other), "--out", out, "--quiet"]) == 2
+    assert "--fresh" in capsys.readouterr().err
+    assert sweep.main([str(other), "--out", out, "--quiet", "--fresh"]) == 0
+    assert store.load_results(out, "tiny").num_rows == 4
+
+
+def test_dry_run_and_config_errors_compute_nothing(tmp_path, capsys):
+    cfg_path = write_config(tmp_path)
+    assert sweep.main([str(cfg_path), "--dry-run", "--out", str(tmp_path / "out")]) == 0
+    assert "2 cells" in capsys.readouterr().out and not (tmp_path / "out").exists()
+    bad = tmp_path / "bad.toml"
+    bad.write_text(TINY.replace("WIDTHS", "[0]"))
+    assert sweep.main([str(bad), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1
+    assert err.startswith("error: model.width") and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    assert sweep.main([str(tmp_path / "nope.toml")]) == 2
+    assert "not found" in capsys.readouterr().err
 
 
-def test_unknown_dataset_is_rejected_by_the_parser(capsys):
-    with pytest.raises(SystemExit):
-        sweep.main(["--dataset", "cifar"])
-    assert "cifar" in capsys.readouterr().err
+def test_embedded_default_study_dry_run(capsys):
+    assert sweep.main(["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "study default" in out and "10 cells" in out
+
+
+def test_sigkill_mid_sweep_then_resume_equals_uninterrupted(tmp_path):
+    cfg_path = write_config(tmp_path, widths="[2, 3, 4]")
+    env = dict(os.environ, SADDLESTUDY_JAX_CACHE=str(tmp_path / "cache"))
+    cmd = [sys.executable, "-m", "saddlestudy.sweep", str(cfg_path), "--quiet"]
+    killed_out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(killed_out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    parts = killed_out / "tiny" / "parts"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(parts.glob("*.parquet")):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_at_kill = len(list(parts.glob("*.parquet")))
+    assert 1 <= done_at_kill < 3, "the kill should land in the middle of the sweep"
+    subprocess.run([*cmd, "--out", str(killed_out)], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [*cmd, "--out", str(tmp_path / "clean")], env=env, check=True, capture_output=True
+    )
+    resumed = comparable(store.load_results(killed_out, "tiny"))
+    clean = comparable(store.load_results(tmp_path / "clean", "tiny"))
+    assert len(resumed) == 3 * 2 * 2 and len({r["row_id"] for r in resumed}) == len(resumed)
+    for a, b in zip(resumed, clean, strict=True):
+        a = {k: v for k, v in a.items() if k != "git_commit"}
+        b = {k: v for k, v in b.items() if k != "git_commit"}
+        assert a == b
+
+
+def test_two_sweeps_on_one_directory_get_a_lock_error(tmp_path, restore_x64, capsys):
+    cfg = config.load(write_config(tmp_path))
+    holder = store.Store(tmp_path, "tiny")
+    with holder.lock():
+        with pytest.raises(store.StoreLockedError):
+            sweep.run_study(cfg, tmp_path, quiet=True)
+    parts = tmp_path / "tiny" / "parts"
+    assert not parts.exists() or not list(parts.glob("*"))
+
+
+def test_ray_backend_writes_the_same_rows(tmp_path, restore_x64):
+    import ray
+
+    cfg = config.load(write_config(tmp_path, widths="[2]"))
+    local = comparable(store.load_results(sweep.run_study(cfg, tmp_path / "local", quiet=True)))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        directory = sweep.run_study(cfg, tmp_path / "ray", quiet=True, backend="ray")
+    finally:
+        ray.shutdown()
+    remote = comparable(store.load_results(directory))
+    assert len(remote) == len(local)
+    for a, b in zip(remote, local, strict=True):
+        assert a["row_id"] == b["row_id"]
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-12)
+        assert a["num_negative@1e-5"] == b["num_negative@1e-5"]
