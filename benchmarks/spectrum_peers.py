@@ -83,9 +83,10 @@ def machine() -> str:
     except (OSError, StopIteration):
         mem = float("nan")
     blas = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())  # other users of the cores
     return (
-        f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB, JAX {jax.devices()[0].platform}, "
-        f"OPENBLAS_NUM_THREADS={blas}"
+        f"load average {load}; {model}, {os.cpu_count()} cores, {mem:.0f} GiB, "
+        f"JAX {jax.devices()[0].platform}, OPENBLAS_NUM_THREADS={blas}"
     )
 
 
@@ -375,6 +376,7 @@ def main(argv=None) -> None:
     for name, note in notes.items():
         print(f"\nreference for {name}: {note}")
     summary(rows, list(notes))
+    print(f"\n# finished: {machine()}")
 
 
 def summary(rows, problems) -> None:

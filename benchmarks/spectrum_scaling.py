@@ -46,9 +46,10 @@ def machine() -> str:
     except (OSError, StopIteration):
         mem = float("nan")
     blas = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())  # other users of the cores
     return (
-        f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB, JAX {jax.__version__} "
-        f"{jax.devices()[0].platform}, OPENBLAS_NUM_THREADS={blas}"
+        f"load average {load}; {model}, {os.cpu_count()} cores, {mem:.0f} GiB, "
+        f"JAX {jax.__version__} {jax.devices()[0].platform}, OPENBLAS_NUM_THREADS={blas}"
     )
 
 

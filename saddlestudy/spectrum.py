@@ -66,16 +66,20 @@ So for every method ``|true fraction - estimate| <= bias bound + (a few) sem``: 
 check of the tests. Random vectors (Lanczos start, SLQ probes, restarts) come from ``key``
 (default ``jax.random.key(0)``: reproducible).
 
-Memory rule (``chunk_size=None``; see :func:`memory_plan`): of the memory A free on the
-default device, a replica needs a fixed F (dense: 3 P^2 floats for the Hessian, its
-symmetrised copy and eigh's eigenvectors; lanczos/slq: the Krylov basis and the
-linearisation) and each vector in flight a V (an upper bound taken from the sizes of all
-intermediates of one gradient evaluation, twice for primal and tangent). Replicas at once
-(``hessian_spectra``): ``floor(A / (4 F))``, at least 1, rounded down to a divisor of R;
-vectors per vmapped chunk: a quarter of what is left, ``(A - b F) / (4 b V)``, rounded down
-to a power of two (so that small changes in free memory do not change compiled shapes; SLQ:
-to a divisor of num_probes) and cached per loss. Pass ``chunk_size`` to override. On this
-rule P = 5,000 in float64 (0.6 GB of Hessians) runs on a 2-core, 24 GB CPU.
+Memory rule (``chunk_size=None``; see :func:`memory_plan`): of the memory A of the default
+device (its total, so that the plan, hence the numbers, do not depend on what else is
+running; free memory is only checked against the fixed part), a replica needs a fixed F
+(dense: 3 P^2 floats for the Hessian, its symmetrised copy and eigh's eigenvectors;
+lanczos/slq: the Krylov basis and the linearisation) and each vector in flight a V (an
+upper bound taken from the sizes of all intermediates of one gradient evaluation, twice for
+primal and tangent). Replicas at once (``hessian_spectra``): ``floor(A / (4 F))``, at
+least 1, rounded down to a divisor of R; vectors per vmapped chunk: a quarter of what is
+left, ``(A - b F) / (4 b V)``, rounded down to a power of two (SLQ: to a divisor of
+num_probes) and cached per loss. Pass ``chunk_size`` to override. On this rule P = 5,000
+in float64 (0.6 GB of Hessians) runs on a 2-core, 24 GB CPU. On a CPU the Krylov methods
+take replicas and probes one at a time: batched products are no faster there, and under
+vmap the Lanczos kernel's rarely taken branches (second pass, restart) become selects that
+always run (SLQ at P = 10^6 measured twice as slow).
 """
 
 from __future__ import annotations
@@ -109,7 +113,7 @@ DEFAULT_TRACE_PROBES = 64
 DENSITY_GRID_SIZE = 1024
 DENSITY_RELATIVE_WIDTH = 0.01  # Gaussian sigma as a fraction of the Ritz-value range
 DENSITY_GRID_MARGIN = 5.0  # the grid extends this many sigmas past the extreme nodes
-MEMORY_FRACTION = 0.25  # share of free memory one batch of vectors may take
+MEMORY_FRACTION = 0.25  # share of the device memory one batch of vectors may take
 HESSIAN_COPIES = 3  # H, its symmetrised copy, eigh's eigenvectors
 FALLBACK_MEMORY_BYTES = 4 * 2**30  # when the free memory cannot be read
 FALLBACK_VECTOR_BYTES_PER_PARAM = 64  # per-vector memory when the gradient cannot be traced
@@ -326,15 +330,20 @@ def lanczos_tridiag(
     Lanczos (1950) with every new vector orthogonalised against all previous ones by
     classical Gram-Schmidt after the three-term recurrence, with a second pass whenever the
     first cancels more than 1 - 1/sqrt(2) of the vector (Kahan-Parlett "twice is enough";
-    Parlett 1998; Giraud, Langou, Rozloznik & van den Eshof 2005; the second pass
-    acts on the normalised vector, as in Daniel, Gragg, Kaufman & Stewart 1976), so no
-    ghost eigenvalues appear (Paige 1976). When the second pass too removes more than half
-    of the vector, the Krylov space is (numerically) invariant: the coupling is set to
-    exactly 0 and the run continues from a random vector orthogonal to the basis, so
-    repeated eigenvalues get their multiplicity and
-    ``num_matvecs == P`` gives all P eigenvalues. (matfree 0.6.3's ``decomp.tridiag_sym``
-    has no such restart: at an exact breakdown it returns a non-orthogonal basis and a
-    wrong T, e.g. for the lecture's Hessian started at its eigenvector (1, 1).)
+    Parlett 1998; Giraud, Langou, Rozloznik & van den Eshof 2005; the second pass acts on
+    the normalised vector, as in Daniel, Gragg, Kaufman & Stewart 1976), so no ghost
+    eigenvalues appear (Paige 1976). When the second pass too removes more than half of the
+    vector, the Krylov space is (numerically) invariant: the coupling is set to exactly 0
+    and the run continues from a random vector orthogonal to the basis, so repeated
+    eigenvalues get their multiplicity and ``num_matvecs == P`` gives all P eigenvalues.
+    (matfree 0.6.3's ``decomp.tridiag_sym`` has no such restart: at an exact breakdown it
+    returns a non-orthogonal basis and a wrong T, e.g. for the lecture's Hessian started at
+    its eigenvector (1, 1).)
+
+    The second pass and the restart are ``lax.cond`` branches, so a step usually streams
+    the basis from memory twice; under ``jax.vmap`` they become selects that always run
+    (about four times the basis traffic), which is why the spectrum methods map over
+    probes and replicas one at a time on a CPU.
 
     Args:
       matvec: ``v -> H v`` on flat vectors of shape (P,).
@@ -361,10 +370,6 @@ def lanczos_tridiag(
         norm = jnp.linalg.norm(w)
         return w / jnp.where(norm > 0, norm, 1), norm
 
-    def restarted(basis, j):
-        r = jnp.roll(restart, j)
-        return normalise(orthogonalise(basis, orthogonalise(basis, r)))[0]
-
     def step(j, carry):
         basis, diag, offdiag, _, q, q_prev, beta_prev = carry
         basis = basis.at[j].set(q)
@@ -381,14 +386,17 @@ def lanczos_tridiag(
             # removes more than half, the Krylov space is (numerically) invariant.
             w2, gamma = normalise(orthogonalise(basis, w1))
             broke = ~(gamma > 0.5)  # also True for NaN: a NaN run is caught by T's entries
-            q_next = jax.lax.cond(broke, lambda: restarted(basis, j), lambda: w2)
+
+            def restarted():
+                r = jnp.roll(restart, j)
+                return normalise(orthogonalise(basis, orthogonalise(basis, r)))[0]
+
+            q_next = jax.lax.cond(broke, restarted, lambda: w2)
             return q_next, beta1 * gamma, broke
 
         def one_pass():
             return w1, beta1, jnp.asarray(False)
 
-        # cond: the second pass and the restart cost nothing unless taken (under vmap
-        # both branches run).
         enough = beta1 > jnp.linalg.norm(w) / math.sqrt(2)
         q_next, beta, broke = jax.lax.cond(enough, one_pass, second_pass)
         coupling = jnp.where(broke, jnp.zeros_like(beta), beta)
@@ -453,19 +461,24 @@ def memory_plan(
     itemsize: int,
     vector_bytes: int,
     available_bytes: int,
+    budget_bytes: int | None = None,
     num_matvecs: int | None = None,
     num_probes: int | None = None,
     num_replicas: int = 1,
+    platform: str = "cpu",
 ) -> tuple[int, int]:
     """Replicas at once and vectors per vmapped chunk that fit in memory.
 
     The rule of the module docstring: F fixed bytes per replica, V per vector in flight
     (``vector_bytes`` is the working memory of one Hessian-vector product), A
-    ``available_bytes``; b = clamp(floor(A / (4 F)), 1, R) replicas at once, rounded down
+    ``budget_bytes`` (the device's total memory; default ``available_bytes``, which is
+    only checked against F); b = clamp(floor(A / (4 F)), 1, R) replicas at once, rounded down
     to a divisor of R, and c = clamp(pow2floor((A - b F) / (4 b V')), 1, vectors) per
     chunk, where V' adds the vector's own storage; SLQ rounds c down to a divisor of
     num_probes (dense splits the P basis vectors into equal chunks of at most c). Lanczos runs one
-    vector at a time (c = 1).
+    vector at a time (c = 1). On a CPU (``platform="cpu"``) Lanczos and SLQ take replicas and
+    probes one at a time (b = c = 1): batching products gains nothing there, and under vmap
+    the Lanczos kernel's rarely taken branches become selects that always run.
 
     Raises:
       ValueError: when one replica's fixed memory exceeds what is available.
@@ -489,11 +502,14 @@ def memory_plan(
             f"{available_bytes / 2**30:.2f} GiB is free; use method 'lanczos' or 'slq' "
             "(O(m P) memory), or fewer matvecs"
         )
+    if platform == "cpu" and method != "dense":
+        return 1, 1
+    budget = available_bytes if budget_bytes is None else budget_bytes
     # Whole chunks of replicas and probes: the map over them then compiles its body once.
-    replicas = _largest_divisor(num_replicas, int(MEMORY_FRACTION * available_bytes // fixed))
+    replicas = _largest_divisor(num_replicas, max(1, int(MEMORY_FRACTION * budget // fixed)))
     if per_vector == 0:
         return replicas, 1
-    share = MEMORY_FRACTION * (available_bytes - replicas * fixed) / (replicas * per_vector)
+    share = MEMORY_FRACTION * max(budget - replicas * fixed, 0) / (replicas * per_vector)
     chunk = min(2 ** int(math.floor(math.log2(share))) if share >= 1 else 1, max_vectors)
     if method == "slq":
         chunk = _largest_divisor(num_probes, chunk)
@@ -876,21 +892,25 @@ def _validate(loss_fn: Callable, params: Params) -> tuple[int, jnp.dtype]:
     return num_params, jnp.dtype(jnp.result_type(*leaves))
 
 
-def _available_memory_bytes() -> int:
+def _memory_bytes(which: str) -> int:
+    """The default device's ``"free"`` or ``"total"`` memory in bytes."""
     device = jax.devices()[0]
     if device.platform != "cpu":
         stats = device.memory_stats() or {}
         if "bytes_limit" in stats:
-            return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+            used = stats.get("bytes_in_use", 0) if which == "free" else 0
+            return int(stats["bytes_limit"] - used)
+    key = "MemAvailable:" if which == "free" else "MemTotal:"
     try:
         with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    pages = "SC_AVPHYS_PAGES" if which == "free" else "SC_PHYS_PAGES"
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf(pages) * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return FALLBACK_MEMORY_BYTES
 
@@ -926,10 +946,15 @@ def _cached_plan(loss_fn, treedef, avals, method, num_matvecs, num_probes, num_r
         num_params=num_params,
         itemsize=jnp.dtype(dtype).itemsize,
         vector_bytes=vector_bytes,
-        available_bytes=_available_memory_bytes(),
+        # Free memory only decides whether it fits at all; the chunk sizes come from the
+        # device's total memory, so the same config gives the same compiled program and the
+        # same bits on the same device whatever else is running.
+        available_bytes=_memory_bytes("free"),
+        budget_bytes=_memory_bytes("total"),
         num_matvecs=num_matvecs,
         num_probes=num_probes,
         num_replicas=num_replicas,
+        platform=jax.devices()[0].platform,
     )
 
 

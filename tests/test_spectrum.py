@@ -441,12 +441,12 @@ def test_vmap_and_jit_over_hessian_spectrum(x64):
 
 
 def test_little_free_memory_maps_replicas_and_vectors_in_chunks(x64, monkeypatch):
-    # 20 kB "free": one replica's 9.6 kB Hessians at a time and one basis vector per chunk,
+    # A 20 kB device: one replica's 9.6 kB Hessians at a time and one basis vector per chunk,
     # i.e. the lax.map paths instead of one vmap; the results must not change.
     loss, config = small_mlp_problem()
     params_R = init_replicas(config, jax.random.key(0), 3, "float64")
     everything_at_once = hessian_spectra(loss, params_R)
-    monkeypatch.setattr(spectrum, "_available_memory_bytes", lambda: 20_000)
+    monkeypatch.setattr(spectrum, "_memory_bytes", lambda which: 20_000)
     spectrum._cached_plan.cache_clear()
     try:
         one = jax.tree.map(lambda a: a[0], params_R)
@@ -467,8 +467,13 @@ def test_slq_probe_chunks_do_not_change_the_result(x64):
     whole = hessian_spectrum(loss, params, method="slq", num_matvecs=9)
     chunked = hessian_spectrum(loss, params, method="slq", num_matvecs=9, chunk_size=4)
     np.testing.assert_allclose(chunked.eigenvalues, whole.eigenvalues, atol=1e-12)
-    np.testing.assert_allclose(chunked.weights, whole.weights, atol=1e-12)
-    assert float(chunked.index) == pytest.approx(float(whole.index), abs=1e-12)
+    # Weights split arbitrarily between equal nodes (eigh of a degenerate T), so compare
+    # what they determine: the density and the fractions.
+    np.testing.assert_allclose(chunked.density, whole.density, rtol=1e-8, atol=1e-10)
+    for name in ("index", "minimum_ratio", "zero_fraction"):
+        assert float(getattr(chunked, name)) == pytest.approx(
+            float(getattr(whole, name)), abs=1e-10
+        )
 
 
 def test_dense_chunk_size_does_not_change_the_result(x64):
@@ -517,16 +522,22 @@ def test_memory_plan():
         method="dense", num_params=10, itemsize=8, vector_bytes=1, available_bytes=2**30
     ) == (1, 10)
     # SLQ: probes in flight bounded by their Krylov bases; Lanczos one vector at a time.
-    _, probes = spectrum.memory_plan(
+    slq = dict(
         method="slq",
         num_params=10**6,
         itemsize=4,
         vector_bytes=2**20,
-        available_bytes=4 * 2**30,
+        available_bytes=16 * 2**30,
         num_matvecs=100,
         num_probes=16,
+        num_replicas=4,
     )
-    assert probes == 2
+    assert spectrum.memory_plan(**slq, platform="gpu") == (4, 2)
+    assert spectrum.memory_plan(**slq, platform="cpu") == (1, 1)  # one at a time on a CPU
+    # The plan follows the device's total memory, not what happens to be free (which is
+    # only checked against the fixed part): the same device gives the same program.
+    busy = dict(slq, available_bytes=2**30, budget_bytes=16 * 2**30)
+    assert spectrum.memory_plan(**busy, platform="gpu") == (4, 2)
     with pytest.raises(ValueError, match="lanczos"):
         spectrum.memory_plan(
             method="dense", num_params=10**5, itemsize=8, vector_bytes=1, available_bytes=2**30
