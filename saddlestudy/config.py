@@ -34,7 +34,7 @@ snapshot_steps = [100]      # starts for the finder, besides the end point
 snapshot_losses = []
 
 [finder]
-method = ["newton_mr"]      # a value or a list (grid axis)
+method = ["newton_mr"]      # a value or a list (grid axis); "none": spectra at the starts
 grad_tol = 1e-10
 max_iters = 100
 
@@ -43,8 +43,12 @@ dense_max_params = 2000     # dense spectra up to this P, the large method beyon
 large_method = "lanczos"    # "lanczos" or "slq"
 num_matvecs = 64
 zero_tols = [1e-8, 1e-6, 1e-5, 1e-4]
+
+[quick.train]               # optional: the reduced study of `sweep --quick`, e.g.
+replicas = 2                # (replaces train.replicas; [[quick.data]] replaces [[data]])
 ```
 
+``--set table.key=VALUE`` on the sweep's command line overrides any key (VALUE in TOML).
 Errors name the key (``model.width: ...``) in one line, before anything is computed.
 """
 
@@ -63,7 +67,8 @@ from saddlestudy import data, losses, models, optim
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 DEFAULT_STUDY = "default"
-FINDER_METHODS = ("newton_mr", "gradnorm", "damped_newton", "saddle_free_newton")
+# "none": no finder; the spectrum is taken at the starts themselves (where training stopped).
+FINDER_METHODS = ("newton_mr", "gradnorm", "damped_newton", "saddle_free_newton", "none")
 LARGE_SPECTRUM_METHODS = ("lanczos", "slq")
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
@@ -266,8 +271,71 @@ def config_hash(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load(path_or_name: str | Path | None = None) -> dict:
-    """Loads and resolves a study: a TOML path, a name in experiments/, or the default."""
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"table.key=VALUE"`` (VALUE in TOML syntax, e.g. ``3``, ``[2, 4]``, ``"adam"``)."""
+    name, sep, value = text.partition("=")
+    name = name.strip()
+    table, dot, key = name.partition(".")
+    if not sep or not dot or not table or not key:
+        raise ConfigError(f"--set {text}: expected TABLE.KEY=VALUE, e.g. train.replicas=2")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        raise ConfigError(
+            f'--set {name}: {value.strip()!r} is not a TOML value (quote strings: "adam")'
+        ) from None
+    return name, parsed
+
+
+def apply_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
+    """A copy of a parsed study with ``{"table.key": value}`` set; arrays of tables
+    (``data``, ``optimizer``) are replaced whole by ``{"data": [...]}``."""
+    raw = copy.deepcopy(raw)
+    for name, value in overrides.items():
+        table, _, key = name.partition(".")
+        if not key:
+            raw[table] = copy.deepcopy(value)
+            continue
+        if table not in _DEFAULTS and table not in raw:
+            _fail(name, f"unknown table; expected one of {sorted(_TABLES)}")
+        if not isinstance(raw.setdefault(table, {}), dict):
+            _fail(name, f"{table} is an array of tables; replace it whole")
+        raw[table][key] = copy.deepcopy(value)
+    return raw
+
+
+def _quick_overrides(quick: Any) -> dict[str, Any]:
+    if not isinstance(quick, dict):
+        _fail("quick", "must be a table of tables ([quick.train] ...)")
+    out: dict[str, Any] = {}
+    for table, entries in quick.items():
+        if table not in _TABLES:
+            _fail(f"quick.{table}", f"unknown table; expected one of {sorted(_TABLES)}")
+        if isinstance(entries, list):  # [[quick.data]], [[quick.optimizer]]
+            out[table] = entries
+        elif isinstance(entries, dict):
+            out.update({f"{table}.{key}": value for key, value in entries.items()})
+        else:
+            _fail(f"quick.{table}", "must be a table or an array of tables")
+    return out
+
+
+def load(
+    path_or_name: str | Path | None = None,
+    *,
+    quick: bool = False,
+    overrides: dict[str, Any] | None = None,
+) -> dict:
+    """Loads and resolves a study: a TOML path, a name in experiments/, or the default.
+
+    Args:
+      path_or_name: the study; None for the default study.
+      quick: apply the study's ``[quick]`` table (the reduced version that
+        ``scripts/reproduce_paper.sh --quick`` runs): ``[quick.train]`` keys replace
+        ``[train]`` keys and so on; ``[[quick.data]]`` / ``[[quick.optimizer]]`` replace the
+        whole arrays.
+      overrides: ``{"table.key": value}`` applied last (the sweep's ``--set``).
+    """
     if path_or_name is None:
         path_or_name = DEFAULT_STUDY
     path = Path(path_or_name)
@@ -279,7 +347,14 @@ def load(path_or_name: str | Path | None = None) -> dict:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config: {path} is not valid TOML: {err}") from None
-    return resolve(raw)
+    quick_table = raw.pop("quick", None)
+    if quick:
+        if quick_table is None:
+            raise ConfigError(f"quick: {path} has no [quick] table")
+        raw = apply_overrides(raw, _quick_overrides(quick_table))
+    elif quick_table is not None:
+        _quick_overrides(quick_table)  # a broken [quick] table fails now, not in CI later
+    return resolve(apply_overrides(raw, overrides or {}))
 
 
 def _arch(ds: data.Dataset, depth: int, width, activation: str, use_bias: bool) -> models.MLPConfig:

@@ -146,11 +146,53 @@ def test_load_by_name_path_and_errors(tmp_path):
 
 
 def test_every_experiment_file_is_valid():
+    studies = 0
     for path in sorted(config.EXPERIMENTS.glob("*.toml")):
         raw = tomllib.loads(path.read_text())
         if "optimizer" not in raw:  # not a sweep study (e.g. the lecture example's config)
             continue
-        config.expand(config.resolve(raw))
+        studies += 1
+        full = config.expand(config.load(path))
+        if "quick" in raw:  # the reduced version is smaller and still a valid study
+            quick = config.expand(config.load(path, quick=True))
+            assert len(quick) <= len(full)
+    assert studies >= 2
+
+
+def test_quick_table_and_set_overrides(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(
+        '[study]\nname = "s"\n[[data]]\nname = "digits"\npca_dim = 4\nnum_samples = 64\n'
+        '[model]\nwidth = [3, 5, 7]\n[[optimizer]]\nname = "adam"\nlearning_rate = 0.01\n'
+        "[train]\nnum_steps = 100\nreplicas = 8\n"
+        "[quick.train]\nreplicas = 2\n[quick.model]\nwidth = [3]\n"
+        '[[quick.data]]\nname = "w1w2"\n'
+    )
+    full, quick = config.load(path), config.load(path, quick=True)
+    assert full["train"]["replicas"] == 8 and full["model"]["width"] == [3, 5, 7]
+    assert quick["train"]["replicas"] == 2 and quick["model"]["width"] == [3]
+    assert quick["data"] == [{"name": "w1w2"}] and quick["train"]["num_steps"] == 100
+    assert config.config_hash(full) != config.config_hash(quick)
+    name, value = config.parse_override("model.width=[4, 8]")
+    assert (name, value) == ("model.width", [4, 8])
+    cfg = config.load(path, overrides={name: value, "train.replicas": 3})
+    assert cfg["model"]["width"] == [4, 8] and cfg["train"]["replicas"] == 3
+    # Bad overrides: one line naming the key, before anything runs.
+    with pytest.raises(config.ConfigError, match="TABLE.KEY=VALUE"):
+        config.parse_override("replicas=2")
+    with pytest.raises(config.ConfigError, match="not a TOML value"):
+        config.parse_override("optimizer.name=adam")
+    with pytest.raises(config.ConfigError, match="train.replica"):
+        config.load(path, overrides={"train.replica": 2})
+    with pytest.raises(config.ConfigError, match="train.replicas"):
+        config.load(path, overrides={"train.replicas": "two"})
+    plain = tmp_path / "plain.toml"
+    plain.write_text(path.read_text().split("[quick.train]")[0])
+    with pytest.raises(config.ConfigError, match="no \\[quick\\] table"):
+        config.load(plain, quick=True)
+    path.write_text(path.read_text() + "[quick.nonsense]\nx = 1\n")
+    with pytest.raises(config.ConfigError, match="quick.nonsense"):
+        config.load(path)  # a broken [quick] table fails even when not used
 
 
 def test_describe_lists_cells_and_work():

@@ -200,3 +200,36 @@ def test_ray_backend_writes_the_same_rows(tmp_path, restore_x64):
         assert a["row_id"] == b["row_id"]
         np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-12)
         assert a["num_negative@1e-5"] == b["num_negative@1e-5"]
+
+
+def test_finder_none_measures_the_starts_where_training_stopped(tmp_path, restore_x64, capsys):
+    # --set switches the finder off: the spectrum is taken at the snapshots and end points
+    # themselves, with their own loss and gradient norm (the minimum-ratio study).
+    cfg_path = write_config(tmp_path, widths="[2]")
+    out = tmp_path / "out"
+    args = [str(cfg_path), "--out", str(out), "--quiet", "--set", 'finder.method="none"']
+    assert sweep.main(args) == 0
+    table = store.load_results(out / "tiny")
+    rows = table.to_pylist()
+    assert len(rows) == 4 and {r["finder_method"] for r in rows} == {"none"}
+    assert all(r["iterations"] == 0 and not r["gradient_flat"] for r in rows)
+    for r in rows:
+        assert r["converged"] == (r["grad_norm_sq"] < r["grad_tol"])
+    # The end point's loss is where training stopped: the row's training loss.
+    ends = [r for r in rows if r["start_kind"] == "end"]
+    np.testing.assert_allclose([r["loss"] for r in ends], [r["train_loss"] for r in ends])
+    assert all(0 <= r["minimum_ratio"] <= 1 for r in rows)
+    assert sweep.main([str(cfg_path), "--out", str(out), "--set", "finder.method=none"]) == 2
+    assert "not a TOML value" in capsys.readouterr().err
+
+
+def test_quick_runs_the_reduced_study(tmp_path, capsys):
+    cfg_path = tmp_path / "q.toml"
+    cfg_path.write_text(
+        write_config(tmp_path).read_text()
+        + "\n[quick.model]\nwidth = [2]\n[quick.train]\nreplicas = 1\n"
+    )
+    assert sweep.main([str(cfg_path), "--quick", "--dry-run"]) == 0
+    assert "1 cells" in capsys.readouterr().out
+    assert sweep.main([str(cfg_path), "--dry-run"]) == 0
+    assert "2 cells" in capsys.readouterr().out
