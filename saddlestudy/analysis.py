@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import threadpoolctl
 from scipy import optimize, stats
 
 from saddlestudy import store
@@ -257,3 +258,55 @@ def spectral_density(eigenvalues: np.ndarray, grid: np.ndarray, sigma: float) ->
     eigenvalues = np.asarray(eigenvalues, float)[:, None]
     z = (np.asarray(grid, float)[None, :] - eigenvalues) / sigma
     return np.exp(-0.5 * z**2).sum(0) / (eigenvalues.size * sigma * math.sqrt(2 * math.pi))
+
+
+def linear_autoencoder_reference(
+    eigenvalues: Sequence[float], p: int, *, zero_tol: float = DEFAULT_ZERO_TOL
+) -> pd.DataFrame:
+    """Every critical point of the deep linear autoencoder, exactly (shared/SCIENCE.md §3).
+
+    For covariance eigenvalues ``eigenvalues`` (distinct) and hidden width ``p``, one row per
+    subset I of eigen-directions with ``|I| <= p``: the point W1 = U_I^T, W2 = U_I (extra rows
+    zero), its loss ``1/2 sum_{i not in I} lambda_i`` and its Hessian's ``num_negative`` and
+    ``index`` (fraction of the P = 2 n p eigenvalues below ``-zero_tol``), from the float64
+    dense Hessian of the covariance form of the loss, ``1/2 tr((I - W)^T Sigma (I - W))`` with
+    ``W = W2 W1``, which equals the sample mean of ``1/2 |x - W2 W1 x|^2`` at every point.
+    The index does not depend on the rotation of the data, so Sigma is taken diagonal.
+    """
+    import itertools
+
+    import jax
+    import jax.numpy as jnp
+
+    lam = np.sort(np.asarray(eigenvalues, dtype=np.float64))[::-1]
+    n = lam.size
+    subsets = [s for r in range(p + 1) for s in itertools.combinations(range(n), r)]
+    starts = np.zeros((len(subsets), 2 * n * p))
+    for k, subset in enumerate(subsets):
+        w1 = np.zeros((p, n))
+        w1[np.arange(len(subset)), list(subset)] = 1.0
+        starts[k] = np.concatenate([w1.ravel(), w1.T.ravel()])  # W2 = W1^T
+
+    with jax.enable_x64(True):
+        sigma = jnp.asarray(lam)
+
+        def loss(theta):
+            w1 = theta[: n * p].reshape(p, n)
+            w2 = theta[n * p :].reshape(n, p)
+            r = jnp.eye(n) - w2 @ w1
+            return 0.5 * jnp.sum(sigma[:, None] * r * r)
+
+        hessians = np.asarray(jax.jit(jax.vmap(jax.hessian(loss)))(jnp.asarray(starts)))
+    # Thousands of small eigenproblems: one BLAS thread each is ~20x faster than a pool
+    # fighting over the cores.
+    with threadpoolctl.threadpool_limits(1):
+        num_negative = np.sum(np.linalg.eigvalsh(hessians) < -zero_tol, axis=1)
+    return pd.DataFrame(
+        {
+            "subset": [tuple(int(i) for i in s) for s in subsets],
+            "rank": [len(s) for s in subsets],
+            "loss": [0.5 * (lam.sum() - lam[list(s)].sum()) for s in subsets],
+            "num_negative": num_negative.astype(int),
+            "index": num_negative / (2 * n * p),
+        }
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -148,12 +149,20 @@ def _fit_lines(ax, loss, index) -> None:
         ax.plot(xs, law, "r-", lw=1, label=f"α₀|(ε−ε_c)/ε_c|^1.5 (RSS {fit['rss_pb']:.2g})")
 
 
-def index_vs_loss_figure(df, *, zero_tol: float = 1e-5, cutoffs: Sequence[float] | None = None):
+def index_vs_loss_figure(
+    df,
+    *,
+    zero_tol: float = 1e-5,
+    cutoffs: Sequence[float] | None = None,
+    reference=None,
+):
     """Index vs loss, coloured by P; converged, gradient-flat and other points marked apart.
 
     With ``cutoffs``, one panel per squared-gradient-norm cutoff: the points with
     ``grad_norm_sq < cutoff`` whatever the finder's own tolerance, as in Frye et al.'s
     strict (1e-10) vs loose comparison. Both panels show fits of the 3/2 law and a line.
+    ``reference``: exact critical points (columns ``loss``, ``index``; e.g.
+    :func:`analysis.linear_autoencoder_reference`), drawn behind as grey plus signs.
     """
     from saddlestudy import analysis
 
@@ -164,6 +173,10 @@ def index_vs_loss_figure(df, *, zero_tol: float = 1e-5, cutoffs: Sequence[float]
     index = (df[analysis.tol_column("num_negative", zero_tol)] / df["num_params"]).to_numpy()
     loss = df["loss"].to_numpy(float)
     for ax, cutoff in zip(axes[0], panels):
+        if reference is not None:
+            exact = reference.drop_duplicates(["loss", "index"])
+            ax.scatter(exact["loss"], exact["index"], marker="+", s=18, color="0.75", lw=0.8,
+                       zorder=0, label="exact critical points")  # fmt: skip
         if cutoff is None:
             sel = (df["status"] == "converged").to_numpy()
             _scatter_by_status(ax, loss, index, df["status"], df["num_params"], colors)
@@ -271,10 +284,40 @@ def spectral_density_figure(df, spectra: dict[str, np.ndarray], *, rel_sigma: fl
     return fig
 
 
+def _exact_reference(df):
+    """The exact critical points when the study is a deep linear autoencoder, else None."""
+    from saddlestudy import analysis
+
+    first = df.iloc[0]
+    if not (
+        set(df["dataset"]) == {"linear_autoencoder"}
+        and set(df["activation"]) == {"identity"}
+        and set(df["depth"]) == {1}
+        and df["num_params"].nunique() == 1
+        and first["loss_name"] == "half_mse"
+    ):
+        return None
+    args = json.loads(first["data_args"])
+    n = int(args.get("n", 16))
+    p = int(first["width"])
+    if first["num_params"] != 2 * n * p:  # biases: not the autoencoder of SCIENCE.md §3
+        return None
+    eigenvalues = args.get("eigenvalues") or list(range(1, n + 1))
+    return analysis.linear_autoencoder_reference(eigenvalues, p, zero_tol=1e-5)
+
+
 def study_figures(
-    root: str | Path, out: str | Path | None = None, formats=("png", "pdf")
+    root: str | Path,
+    out: str | Path | None = None,
+    formats=("png", "pdf"),
+    *,
+    cutoffs: Sequence[float] = (1e-10, 1e-6),
 ) -> list[Path]:
-    """Writes every figure of a study directory; returns the paths written."""
+    """Writes every figure of a study directory; returns the paths written.
+
+    ``cutoffs``: the squared-gradient-norm cutoffs of the strict/loose index-vs-loss panels.
+    For a deep linear autoencoder study the exact critical points are drawn behind.
+    """
     from saddlestudy import analysis, store
 
     root = Path(root)
@@ -285,10 +328,14 @@ def study_figures(
         arrays = store.load_spectrum(root.parent, root.name, row_id)
         if "eigenvalues" in arrays:
             spectra[row_id] = arrays["eigenvalues"]
+    reference = _exact_reference(df)
     paths = []
-    paths += save_figure(index_vs_loss_figure(df), out / "index_vs_loss", formats)
+    paths += save_figure(index_vs_loss_figure(df, reference=reference), out / "index_vs_loss",
+                         formats)  # fmt: skip
     paths += save_figure(
-        index_vs_loss_figure(df, cutoffs=(1e-10, 1e-6)), out / "index_vs_loss_cutoffs", formats
+        index_vs_loss_figure(df, cutoffs=cutoffs, reference=reference),
+        out / "index_vs_loss_cutoffs",
+        formats,
     )
     paths += save_figure(scaling_figure(df), out / "scaling", formats)
     paths += save_figure(minimum_ratio_figure(df), out / "minimum_ratio", formats)
@@ -306,9 +353,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("results", help="a study directory, e.g. results/default")
     parser.add_argument("--out", default=None, help="output directory (default figures/<study>)")
+    parser.add_argument(
+        "--cutoffs",
+        type=float,
+        nargs="+",
+        default=[1e-10, 1e-6],
+        help="|grad L|^2 cutoffs of the strict/loose index-vs-loss panels (default 1e-10 1e-6)",
+    )
     args = parser.parse_args(argv)
     try:
-        paths = study_figures(args.results, args.out)
+        paths = study_figures(args.results, args.out, cutoffs=tuple(args.cutoffs))
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

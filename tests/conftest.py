@@ -52,3 +52,25 @@ def tiny_study(tmp_path_factory):
         return sweep.run_study(config.load(path), root / "results", quiet=True)
     finally:
         jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.fixture(scope="session")
+def paper_quick(tmp_path_factory):
+    """``scripts/reproduce_paper.sh --quick`` run once: ``(results_dir, figures_dir, log)``."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = tmp_path_factory.mktemp("paper")
+    results, figures = root / "results_quick", root / "figures_quick"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_paper.sh"
+    run = subprocess.run(
+        ["bash", str(script), "--quick", "--out", str(results), "--figures", str(figures)],
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return results, figures, run.stdout

@@ -94,3 +94,38 @@ def test_spectral_density_integrates_to_one():
     density = analysis.spectral_density(np.array([-1.0, 0.0, 0.0, 2.0]), grid, sigma=0.1)
     assert np.trapezoid(density, grid) == pytest.approx(1.0, rel=1e-6)
     assert density[np.argmin(np.abs(grid))] > density[np.argmin(np.abs(grid - 2.0))]
+
+
+def test_linear_autoencoder_reference_matches_dense_hessians_of_the_sample_loss(x64):
+    # An independent path: rotated samples, the per-sample loss through the MLP, the
+    # package's dense Hessian, at points built from the data's own eigenvectors.
+    import itertools
+
+    import jax
+    import jax.numpy as jnp
+
+    from saddlestudy import data, losses, models
+    from saddlestudy.hessian import dense_hessian
+
+    n, p = 5, 2
+    lam = [5.0, 4.0, 3.0, 2.0, 1.0]
+    ds = data.linear_autoencoder(n, 400, eigenvalues=lam, seed=1, dtype="float64")
+    loss = losses.make_loss_fn(
+        models.make_apply(models.linear_autoencoder_config(n, p)),
+        jnp.asarray(ds.x),
+        jnp.asarray(ds.y),
+        loss="half_mse",
+    )
+    U = ds.metadata["eigenvectors"]
+    ref = analysis.linear_autoencoder_reference(lam, p).set_index("subset")
+    subsets = [s for r in range(p + 1) for s in itertools.combinations(range(n), r)]
+    assert sorted(ref.index) == sorted(subsets)
+    for subset in subsets:
+        W1 = np.zeros((p, n))
+        W1[: len(subset)] = U[:, list(subset)].T
+        params = {"layers": {0: {"kernel": jnp.asarray(W1.T)}, 1: {"kernel": jnp.asarray(W1)}}}
+        assert float(jax.jit(loss)(params)) == pytest.approx(ref.loc[[subset], "loss"].item())
+        eig = np.linalg.eigvalsh(np.asarray(dense_hessian(loss, params)))
+        assert ref.loc[[subset], "num_negative"].item() == int(np.sum(eig < -1e-5)), subset
+    # Only the global minimum (the top-p directions) has index 0.
+    assert list(ref.index[ref["num_negative"] == 0]) == [(0, 1)]

@@ -10,9 +10,12 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.p
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_executes(path, tiny_study, monkeypatch):
+def test_notebook_executes(path, paper_quick, monkeypatch):
+    # Against the results of scripts/reproduce_paper.sh --quick, as a reader would run them.
     assert NOTEBOOKS, "no notebooks found"
-    monkeypatch.setenv("SADDLESTUDY_RESULTS", str(tiny_study))
+    results, _, _ = paper_quick
+    monkeypatch.setenv("SADDLESTUDY_RESULTS", str(results / "scaling"))
+    monkeypatch.setenv("SADDLESTUDY_RESULTS_ROOT", str(results))
     notebook = jupytext.read(path)
     NotebookClient(notebook, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent)}}).execute()  # fmt: skip

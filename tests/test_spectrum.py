@@ -664,3 +664,21 @@ def test_integer_or_empty_params():
         hessian_spectrum(lambda p: jnp.sum(p["w"]), {"w": jnp.ones(2, jnp.int32)})
     with pytest.raises(ValueError, match="no array leaves"):
         hessian_spectrum(lambda p: jnp.float32(0.0), {})
+
+
+@pytest.mark.parametrize("method", ["dense", "lanczos", "slq"])
+def test_second_call_on_the_same_loss_does_not_compile_again(x64, method):
+    # Issue 4: a user calling hessian_spectrum twice on the same loss pays compilation once.
+    traces = []
+
+    def loss(p):
+        traces.append(1)  # runs only while JAX traces the function
+        return jnp.sum(jnp.cos(p["w"]) * p["w"] ** 2) + jnp.sum(p["w"][:3] * p["w"][3:]) ** 2
+
+    params = {"w": jnp.linspace(-1.0, 1.0, 6)}
+    kwargs = {} if method == "dense" else {"num_matvecs": 6}
+    first = hessian_spectrum(loss, params, method=method, **kwargs)
+    after_first = len(traces)
+    second = hessian_spectrum(loss, {"w": params["w"] + 0.1}, method=method, **kwargs)
+    assert after_first > 0 and len(traces) == after_first
+    assert float(first.lambda_max) != float(second.lambda_max)  # it did compute again

@@ -1,0 +1,67 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # The deep linear autoencoder: found points against the exact ones
+#
+# Frye et al.'s setting (`experiments/linear_autoencoder.toml`): every critical point is known
+# exactly (shared/SCIENCE.md §3), so each point a finder returns can be checked. Set
+# `SADDLESTUDY_RESULTS_ROOT` to the results directory of `scripts/reproduce_paper.sh`
+# (default `results`; `results_quick` after `--quick`).
+
+# %%
+import json
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from saddlestudy import analysis  # noqa: E402
+
+root = Path(os.environ.get("SADDLESTUDY_RESULTS_ROOT", "results"))
+df = analysis.load(root / "linear_autoencoder")
+args = json.loads(df["data_args"].iloc[0])
+n, p = args["n"], int(df["width"].iloc[0])
+ref = analysis.linear_autoencoder_reference(range(1, n + 1), p)
+print(f"{len(df)} points in {root / 'linear_autoencoder'}; {len(ref)} exact critical points")
+
+# %% [markdown]
+# A found point is *exact* when its loss and its number of negative eigenvalues are those of
+# one of the exact critical points.
+
+# %%
+exact = set(zip(np.round(ref["loss"], 6), ref["num_negative"]))
+df["exact"] = [
+    (round(float(loss), 6), int(neg)) in exact
+    for loss, neg in zip(df["loss"], df["num_negative@1e-5"])
+]
+summary = df.groupby(["finder_method", "status"], observed=True).agg(
+    points=("exact", "size"), exact=("exact", "sum"), median_grad_norm_sq=("grad_norm_sq", "median")
+)
+print(summary)
+
+# %% [markdown]
+# A custom figure: index against loss for each finder, exact points behind.
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True, layout="constrained")
+for ax, (method, group) in zip(axes, df.groupby("finder_method")):
+    ax.scatter(ref["loss"], ref["index"], marker="+", color="0.75", label="exact")
+    ax.scatter(group["loss"], group["index"], c=np.log10(group["grad_norm_sq"]), s=18)
+    ax.set_title(method)
+    ax.set_xlabel("loss")
+axes[0].set_ylabel("index")
+axes[0].legend()
