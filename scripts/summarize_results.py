@@ -1,0 +1,156 @@
+"""The numbers of RESULTS.md, from the results of scripts/reproduce_paper.sh, as Markdown.
+
+    python scripts/summarize_results.py [RESULTS_DIR]     (default results/)
+
+Every number is an aggregate of saddlestudy.analysis over the stored rows; converged points
+(|grad L|^2 < the finder's grad_tol) and the others are always kept apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from saddlestudy import analysis
+
+ZERO_TOL = 1e-5
+
+
+def _table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in df.itertuples(index=False):
+        cells = [format(v, floatfmt) if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _header(name: str, df: pd.DataFrame) -> str:
+    seconds = df.groupby("cell_id")[["train_seconds", "finder_seconds", "spectrum_seconds"]]
+    total = float(seconds.first().to_numpy().sum())
+    return (
+        f"### {name}\n\nconfig {df['config_hash'].iloc[0]}, {len(df)} points, "
+        f"{df['cell_id'].nunique()} cells, {total:.0f} s of training + finding + spectra, "
+        f"git {df['git_commit'].iloc[0][:10]}, JAX {df['jax_version'].iloc[0]}, "
+        f"{df['device'].iloc[0]}\n"
+    )
+
+
+def _index(df):
+    return df[analysis.tol_column("num_negative", ZERO_TOL)] / df["num_params"]
+
+
+def linear_autoencoder(df: pd.DataFrame) -> str:
+    args = json.loads(df["data_args"].iloc[0])
+    n, p = int(args.get("n", 16)), int(df["width"].iloc[0])
+    ref = analysis.linear_autoencoder_reference(range(1, n + 1), p, zero_tol=ZERO_TOL)
+    exact = set(zip(np.round(ref["loss"], 6), ref["num_negative"]))
+    df = df.assign(
+        exact=[
+            (round(float(loss), 6), int(neg)) in exact
+            for loss, neg in zip(df["loss"], df[analysis.tol_column("num_negative", ZERO_TOL)])
+        ],
+        index=_index(df),
+    )
+    rows = []
+    for (method, status), g in df.groupby(["finder_method", "status"], observed=True):
+        rows.append({"finder": method, "status": status, "points": len(g),
+                     "exact critical points": int(g["exact"].sum()),
+                     "median |grad L|^2": float(g["grad_norm_sq"].median()),
+                     "loss range": f"{g['loss'].min():.3f}–{g['loss'].max():.3f}"})  # fmt: skip
+    fits = []
+    for label, cutoff in (("strict", 1e-10), ("loose", np.inf)):
+        sel = df[df["grad_norm_sq"] < cutoff]
+        fit = analysis.fit_index_vs_loss(sel["loss"].to_numpy(), sel["index"].to_numpy())
+        fits.append({"points": label + (f" (<{cutoff:g})" if np.isfinite(cutoff) else " (all)"),
+                     "n": fit["num_points"], "slope": fit["slope"],
+                     "RSS line": fit["rss_linear"], "RSS 3/2 law": fit["rss_pb"],
+                     "eps_c": fit["eps_c"]})  # fmt: skip
+    exact_fit = analysis.fit_index_vs_loss(
+        ref.loc[ref["rank"] == p, "loss"].to_numpy(), ref.loc[ref["rank"] == p, "index"].to_numpy()
+    )
+    return (
+        _table(pd.DataFrame(rows))
+        + "\n\nIndex vs loss fits (index = fraction of eigenvalues below -1e-5):\n\n"
+        + _table(pd.DataFrame(fits))
+        + f"\n\nExact rank-{p} critical points: slope {exact_fit['slope']:.4g}, "
+        f"RSS of the line {exact_fit['rss_linear']:.2g} ({len(ref)} exact points in all).\n"
+    )
+
+
+def index_vs_loss(df: pd.DataFrame) -> str:
+    conv = df[df["status"] == "converged"]
+    corr = analysis.index_vs_loss(df, zero_tol=ZERO_TOL)
+    fit = analysis.fit_index_vs_loss(conv["loss"].to_numpy(), _index(conv).to_numpy())
+    counts = df.groupby(["num_params", "status"], observed=True).size().unstack(fill_value=0)
+    return (
+        _table(counts.reset_index())
+        + "\n\nSpearman rank correlation of index with loss (converged points, 95% CI):\n\n"
+        + _table(corr[["num_params", "num_converged", "spearman_rho", "ci_low", "ci_high"]])
+        + f"\n\nFits over all converged points (n = {fit['num_points']}): line RSS "
+        f"{fit['rss_linear']:.3g} (slope {fit['slope']:.3g}); 3/2 law RSS {fit['rss_pb']:.3g} "
+        f"(eps_c {fit['eps_c']:.3g}, alpha0 {fit['alpha0']:.3g}).\n"
+    )
+
+
+def minimum_ratio(df: pd.DataFrame) -> str:
+    df = df.assign(
+        minimum_ratio=df[analysis.tol_column("num_positive", ZERO_TOL)] / df["num_params"]
+    )
+    rows = []
+    for (opt, kind), g in df.groupby(["optimizer", "start_kind"], observed=True):
+        rows.append({"optimizer": opt, "where": kind, "points": len(g),
+                     "median loss": float(g["loss"].median()),
+                     "median |grad L|^2": float(g["grad_norm_sq"].median()),
+                     "median min. ratio": float(g["minimum_ratio"].median()),
+                     "max min. ratio": float(g["minimum_ratio"].max()),
+                     "with λ_min < -1e-5": int((g["lambda_min"] < -ZERO_TOL).sum())})  # fmt: skip
+    return _table(pd.DataFrame(rows)) + "\n"
+
+
+def scaling(df: pd.DataFrame) -> str:
+    frac = analysis.fraction_minima(df, by=["optimizer", "num_params", "depth", "widths"])
+    idx = analysis.index_summary(df, by=["optimizer", "num_params", "depth", "widths"])
+    out = frac[["optimizer", "num_params", "depth", "widths", "num_points", "num_converged",
+                "num_gradient_flat", "fraction_minima", "ci_low", "ci_high"]].copy()  # fmt: skip
+    out["median_index"] = idx["median_index"].to_numpy()
+    out["median_loss"] = idx["median_loss"].to_numpy()
+    return _table(out) + "\n"
+
+
+def optimizers(df: pd.DataFrame) -> str:
+    summary = analysis.optimizer_summary(df, zero_tol=ZERO_TOL)
+    return _table(summary) + "\n"
+
+
+STUDIES = {
+    "linear_autoencoder": linear_autoencoder,
+    "index_vs_loss": index_vs_loss,
+    "minimum_ratio": minimum_ratio,
+    "scaling": scaling,
+    "optimizers": optimizers,
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", nargs="?", default="results")
+    args = parser.parse_args(argv)
+    root = Path(args.results)
+    for name, summarize in STUDIES.items():
+        if not (root / name).is_dir():
+            print(f"error: no study {name} in {root}/", file=sys.stderr)
+            return 2
+        df = analysis.load(root / name)
+        print(_header(name, df))
+        print(summarize(df))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
