@@ -37,6 +37,8 @@ snapshot_losses = []
 method = ["newton_mr"]      # a value or a list (grid axis); "none": spectra at the starts
 grad_tol = 1e-10
 max_iters = 100
+batching = "auto"           # "map": starts one by one (each stops when done), "vmap": in
+                            # lockstep; "auto": map on a CPU, vmap on an accelerator
 
 [spectrum]
 dense_max_params = 2000     # dense spectra up to this P, the large method beyond
@@ -70,6 +72,7 @@ DEFAULT_STUDY = "default"
 # "none": no finder; the spectrum is taken at the starts themselves (where training stopped).
 FINDER_METHODS = ("newton_mr", "gradnorm", "damped_newton", "saddle_free_newton", "none")
 LARGE_SPECTRUM_METHODS = ("lanczos", "slq")
+FINDER_BATCHING = ("auto", "map", "vmap")
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "study": {"name": None, "description": "", "seed": 0, "dtype": "float64"},
@@ -89,7 +92,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "snapshot_steps": [],
         "snapshot_losses": [],
     },
-    "finder": {"method": ["newton_mr"], "grad_tol": 1e-10, "max_iters": 100},
+    "finder": {"method": ["newton_mr"], "grad_tol": 1e-10, "max_iters": 100, "batching": "auto"},
     "spectrum": {
         "dense_max_params": 2000,
         "large_method": "lanczos",
@@ -248,6 +251,8 @@ def resolve(raw: dict) -> dict:
         _fail("finder.grad_tol", f"must be a number > 0, got {finder['grad_tol']!r}")
     if not _is_int(finder["max_iters"]) or finder["max_iters"] < 1:
         _fail("finder.max_iters", f"must be an int >= 1, got {finder['max_iters']!r}")
+    if finder["batching"] not in FINDER_BATCHING:
+        _fail("finder.batching", f"unknown {finder['batching']!r}; choose from {FINDER_BATCHING}")
 
     spec = cfg["spectrum"]
     if not _is_int(spec["dense_max_params"]) or spec["dense_max_params"] < 1:

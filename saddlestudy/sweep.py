@@ -176,6 +176,7 @@ def run_cell(cfg: dict, cell: dict) -> tuple[pa.Table, dict[str, np.ndarray]]:
             method=cell["finder_method"],
             grad_tol=cfg["finder"]["grad_tol"],
             max_iters=cfg["finder"]["max_iters"],
+            batching=finder_batching(cfg["finder"]["batching"]),
         )
     jax.block_until_ready(found)
     timings["finder_seconds"] = time.perf_counter() - t0
@@ -191,6 +192,18 @@ def run_cell(cfg: dict, cell: dict) -> tuple[pa.Table, dict[str, np.ndarray]]:
     jax.block_until_ready(spectra)
     timings["spectrum_seconds"] = time.perf_counter() - t0
     return _rows(cfg, cell, arch, result, found, spectra, kinds, reached, primary_tol, timings)
+
+
+def finder_batching(setting: str) -> str:
+    """``finder.batching``: "auto" is "map" on a CPU and "vmap" on an accelerator.
+
+    On a CPU, lockstep (vmap) makes every start pay for the slowest one (masked iterations
+    still compute) and per-sample losses cost about 2x per product (BENCHMARKS.md, finders);
+    one start after another lets each stop when it converges.
+    """
+    if setting != "auto":
+        return setting
+    return "map" if jax.devices()[0].platform == "cpu" else "vmap"
 
 
 def _starts_as_found(loss_fn, starts, grad_tol: float) -> SimpleNamespace:
