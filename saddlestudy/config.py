@@ -18,7 +18,8 @@ depth = [1]
 width = [2, 4, 8]           # an int per hidden layer, or a list per layer: [[8, 4]]
 activation = ["tanh"]
 use_bias = true
-loss = "auto"               # "auto" (cross-entropy to classify, mse to regress) or a loss name
+loss = "auto"               # "auto" (cross-entropy to classify, mse to regress) or a loss
+                            # name; squared errors on class labels use one-hot targets
 l2 = 0.0
 
 [[optimizer]]               # one table per optimizer: name + make_optimizer hyperparameters

@@ -89,8 +89,16 @@ def _loss_fn(dtype: str, entry_json: str, arch: models.MLPConfig, loss: str, l2:
     # one compiled finder / spectrum program (jit caches are keyed on the function).
     ds = _dataset(dtype, entry_json)
     x = jnp.asarray(ds.x)
-    y = jnp.asarray(ds.y)
+    y = _targets(ds, loss)
     return losses.make_loss_fn(models.make_apply(arch), x, y, loss=loss, l2=l2)
+
+
+def _targets(ds: data.Dataset, loss: str) -> jax.Array:
+    """The targets the loss takes: squared errors on a classification dataset compare the
+    outputs with one-hot labels (Frye et al. 2021's MLP setting; the lecture's networks)."""
+    if ds.task == "classification" and loss != "cross_entropy":
+        return jax.nn.one_hot(ds.y, ds.metadata["num_classes"], dtype=ds.x.dtype)
+    return jnp.asarray(ds.y)
 
 
 def _stable_int(*parts) -> int:
@@ -143,7 +151,7 @@ def run_cell(cfg: dict, cell: dict) -> tuple[pa.Table, dict[str, np.ndarray]]:
         batch_loss = losses.make_batch_loss_fn(
             models.make_apply(arch), loss=cell["loss"], l2=float(cell["l2"])
         )
-        xy = (jnp.asarray(ds.x), jnp.asarray(ds.y))
+        xy = (jnp.asarray(ds.x), _targets(ds, cell["loss"]))
         result = train.train_replicas(
             batch_loss, params_R, optimizer, train_cfg, data=xy, key=jax.random.fold_in(init_key, 1)
         )

@@ -91,6 +91,7 @@ def test_dense_threshold_picks_the_large_method():
         (["train", "batch_size"], -2, "train.batch_size"),
         (["finder", "method"], ["bfgs"], "finder.method"),
         (["finder", "grad_tol"], 0, "finder.grad_tol"),
+        (["finder", "batching"], "pmap", "finder.batching"),
         (["spectrum"], {"large_method": "power"}, "spectrum.large_method"),
         (["spectrum"], {"zero_tols": [-1.0]}, "spectrum.zero_tols"),
         (["spectrum"], {"num_matvecs": 1}, "spectrum.num_matvecs"),

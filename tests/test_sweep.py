@@ -208,10 +208,12 @@ def test_finder_none_measures_the_starts_where_training_stopped(tmp_path, restor
     cfg_path = write_config(tmp_path, widths="[2]")
     out = tmp_path / "out"
     args = [str(cfg_path), "--out", str(out), "--quiet", "--set", 'finder.method="none"']
+    args += ["--set", 'model.loss="mse"']  # squared error on digits' labels: one-hot targets
     assert sweep.main(args) == 0
     table = store.load_results(out / "tiny")
     rows = table.to_pylist()
     assert len(rows) == 4 and {r["finder_method"] for r in rows} == {"none"}
+    assert {r["loss_name"] for r in rows} == {"mse"}
     assert all(r["iterations"] == 0 and not r["gradient_flat"] for r in rows)
     for r in rows:
         assert r["converged"] == (r["grad_norm_sq"] < r["grad_tol"])
@@ -233,3 +235,11 @@ def test_quick_runs_the_reduced_study(tmp_path, capsys):
     assert "1 cells" in capsys.readouterr().out
     assert sweep.main([str(cfg_path), "--dry-run"]) == 0
     assert "2 cells" in capsys.readouterr().out
+
+
+def test_finder_batching_auto_follows_the_platform():
+    import jax
+
+    cpu = jax.devices()[0].platform == "cpu"
+    assert sweep.finder_batching("auto") == ("map" if cpu else "vmap")
+    assert sweep.finder_batching("vmap") == "vmap" and sweep.finder_batching("map") == "map"
