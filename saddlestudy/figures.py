@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # no screen needed; figures go to files
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 # Fixed metadata so that the same data give byte-identical files (no dates, no versions).
 _METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None}}
@@ -112,11 +113,13 @@ def _footer(fig, df) -> None:
     fig.text(0.01, 0.005, f"study {study} · config {hashes}", fontsize=6, color="0.4")
 
 
-def _status_legend(ax) -> None:
+def _status_legend(ax, colors=None) -> None:
     ax.scatter([], [], marker="o", color="0.3", label="converged")
     ax.scatter([], [], marker="o", facecolors="none", edgecolors="0.3", label="gradient-flat")
     ax.scatter([], [], marker="x", color="0.3", label="not converged")
-    ax.legend(fontsize=7, loc="lower right")
+    for P, color in (colors or {}).items():
+        ax.scatter([], [], marker="o", color=color, label=f"P = {P}")
+    ax.legend(fontsize=7, loc="lower right", ncols=2 if colors and len(colors) > 4 else 1)
 
 
 def _param_colors(values):
@@ -189,7 +192,8 @@ def index_vs_loss_figure(
             ax.set_title(f"‖∇L‖² < {cutoff:g}: {int(sel.sum())} of {len(df)} points", fontsize=10)
         _fit_lines(ax, loss[sel], index[sel])
         ax.set_xlabel("training loss ε at the point")
-        ax.legend(fontsize=7, loc="upper left")
+        if ax.get_legend_handles_labels()[0]:  # an empty panel gets no legend
+            ax.legend(fontsize=7, loc="upper left")
     axes[0, 0].set_ylabel(f"index α (fraction of eigenvalues < −{zero_tol:g})")
     line = plt.Line2D
     handles = [
@@ -206,33 +210,39 @@ def index_vs_loss_figure(
 
 
 def scaling_figure(df, *, zero_tol: float = 1e-5):
-    """Fraction of minima (left) and median index (right) of converged points vs P, with 95% CIs."""
+    """Against P, per optimizer and depth (95% CIs): the fraction of starts that converged to a
+    critical point, the fraction of minima among those, and their median index."""
     from saddlestudy import analysis
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 4.0), layout="constrained")
-    groups = df.groupby("optimizer")
-    for k, ((opt, group), color) in enumerate(zip(groups, plt.get_cmap("tab10").colors)):
+    fig, (conv_ax, left, right) = plt.subplots(1, 3, figsize=(13.0, 4.0), layout="constrained")
+    colors = dict(zip(sorted(set(df["optimizer"])), plt.get_cmap("tab10").colors))
+    styles = ["-", "--", ":", "-."]
+    depths = sorted(set(df["depth"]))
+    for (opt, depth), group in df.groupby(["optimizer", "depth"], sort=True):
+        color, ls = colors[opt], styles[depths.index(depth) % len(styles)]
+        label = f"{opt}, depth {depth}" if len(depths) > 1 else opt
         frac = analysis.fraction_minima(group, by=["num_params"], zero_tol=zero_tol)
         idx = analysis.index_summary(group, by=["num_params"], zero_tol=zero_tol)
-        for ax, table, col in ((left, frac, "fraction_minima"), (right, idx, "median_index")):
+        conv = pd.DataFrame({"num_params": frac["num_params"]})
+        cis = [analysis.bootstrap_ci((g["status"] == "converged").to_numpy(float))
+               for _, g in group.groupby("num_params", sort=True)]  # fmt: skip
+        conv["fraction"], conv["ci_low"], conv["ci_high"] = np.array(cis).T
+        panels = ((conv_ax, conv, "fraction"), (left, frac, "fraction_minima"),
+                  (right, idx, "median_index"))  # fmt: skip
+        for ax, table, col in panels:
             y = table[col].to_numpy(float)
             err = np.vstack([y - table["ci_low"], table["ci_high"] - y])
             ax.errorbar(table["num_params"], y, yerr=np.nan_to_num(err), marker="o", capsize=3,
-                        color=color, label=f"{opt}")  # fmt: skip
-        for P, n, m in zip(frac["num_params"], frac["num_converged"], frac["num_points"]):
-            left.annotate(f"{n}/{m}", (P, -0.05 - 0.06 * k), fontsize=6, color=color, ha="center",
-                          va="center")  # fmt: skip
-    params = sorted(set(df["num_params"]))
-    for ax in (left, right):
+                        color=color, ls=ls, label=label)  # fmt: skip
+    for ax in (conv_ax, left, right):
         ax.set_xscale("log")
-        ax.set_xticks(params, [str(P) for P in params])
-        ax.minorticks_off()
         ax.set_xlabel("number of parameters P")
+    conv_ax.set_ylabel("fraction of starts that converged\n(‖∇L‖² below the finder's tolerance)")
+    conv_ax.set_ylim(-0.05, 1.05)
     left.set_ylabel(f"fraction of minima among converged points\n(no eigenvalue < −{zero_tol:g})")
-    left.set_ylim(-0.08 - 0.06 * len(groups), 1.05)
+    left.set_ylim(-0.05, 1.05)
     right.set_ylabel("median index α of converged points")
-    left.legend(fontsize=8, title="optimizer", title_fontsize=8)
-    left.set_title("labels: converged / all points", fontsize=8)
+    conv_ax.legend(fontsize=8, title="optimizer", title_fontsize=8)
     _footer(fig, df)
     return fig
 
@@ -250,7 +260,7 @@ def minimum_ratio_figure(df, *, zero_tol: float = 1e-5):
     ax.set_xlabel("training loss at the point")
     ax.set_ylabel(f"minimum ratio (fraction of eigenvalues > {zero_tol:g})")
     ax.set_ylim(0, 1.05)
-    _status_legend(ax)
+    _status_legend(ax, colors)
     _footer(fig, df)
     return fig
 
@@ -258,12 +268,17 @@ def minimum_ratio_figure(df, *, zero_tol: float = 1e-5):
 def spectral_density_figure(df, spectra: dict[str, np.ndarray], *, rel_sigma: float = 0.005):
     """Smoothed Hessian spectral densities at the lowest-loss converged point of each P.
 
+    Without converged points (e.g. finder ``"none"``), at the lowest-loss end of training.
     The Gaussian smoothing width is ``rel_sigma`` times the range of the eigenvalues shown.
     """
     from saddlestudy import analysis
 
     fig, ax = plt.subplots(figsize=(6.0, 4.0), layout="constrained")
-    conv = df[(df["status"] == "converged") & df["row_id"].isin(list(spectra))]
+    stored = df["row_id"].isin(list(spectra))
+    conv = df[(df["status"] == "converged") & stored]
+    if conv.empty:
+        conv = df[(df["start_kind"] == "end") & stored]
+        ax.set_title("no converged points: where training ended", fontsize=9)
     colors = _param_colors(conv["num_params"]) if len(conv) else {}
     lo = min((float(spectra[r].min()) for r in conv["row_id"]), default=-1.0)
     hi = max((float(spectra[r].max()) for r in conv["row_id"]), default=1.0)
@@ -279,7 +294,8 @@ def spectral_density_figure(df, spectra: dict[str, np.ndarray], *, rel_sigma: fl
     ax.set_ylim(1e-4 * max(top, 1e-12), 2 * max(top, 1e-12))
     ax.set_xlabel("Hessian eigenvalue λ")
     ax.set_ylabel(f"density (Gaussian smoothing σ = {sigma:.2g})")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     _footer(fig, df)
     return fig
 
@@ -288,6 +304,9 @@ def _exact_reference(df):
     """The exact critical points when the study is a deep linear autoencoder, else None."""
     from saddlestudy import analysis
 
+    needed = {"dataset", "activation", "depth", "num_params", "loss_name", "data_args", "width"}
+    if df.empty or not needed <= set(df.columns):
+        return None
     first = df.iloc[0]
     if not (
         set(df["dataset"]) == {"linear_autoencoder"}

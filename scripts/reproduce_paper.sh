@@ -45,6 +45,7 @@ for study in linear_autoencoder index_vs_loss minimum_ratio scaling optimizers; 
     case "$study" in
         # gradient-norm minimisation stops far from 1e-10: show where its points lie
         linear_autoencoder) cutoffs="1e-10 1e-2 10" ;;
+        index_vs_loss) cutoffs="1e-10 1e-6 1e-4" ;;
         *) cutoffs="1e-10 1e-6" ;;
     esac
     # shellcheck disable=SC2086
