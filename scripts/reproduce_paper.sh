@@ -7,7 +7,7 @@
 #   lecture (the y = w1 w2 x surface), linear_autoencoder, index_vs_loss, minimum_ratio,
 #   scaling, optimizers.
 # Full run: results in results/<study>/, figures in figures/<study>/ (PNG and PDF).
-#   Expected runtime: about 35 minutes on a 2-core CPU (measured 2026-11-22, see RESULTS.md);
+#   Expected runtime: about 17 minutes on a 2-core CPU (measured 2026-11-22, see RESULTS.md);
 #   GPU: not measured (no accelerator was available).
 # --quick: each study's reduced version (its [quick] table) into results_quick/ and
 #   figures_quick/; about 2 minutes on 2 CPU cores; the test suite runs it.
