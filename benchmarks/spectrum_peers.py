@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import sys
 import time
 
@@ -54,6 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _machine import machine  # benchmarks/_machine.py
 
 from saddlestudy import data, hessian, losses, models
 from saddlestudy.spectrum import hessian_eigenpairs, hessian_spectrum
@@ -70,24 +70,6 @@ def timed(fn, sync=True):
     if sync:
         jax.block_until_ready(out)
     return time.perf_counter() - t0, out
-
-
-def machine() -> str:
-    """CPU model, cores, memory and the BLAS thread setting, for the record."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-        with open("/proc/meminfo") as f:
-            mem = int(next(line.split()[1] for line in f if line.startswith("MemTotal"))) / 2**20
-    except (OSError, StopIteration):
-        mem = float("nan")
-    blas = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())  # other users of the cores
-    return (
-        f"load average {load}; {model}, {os.cpu_count()} cores, {mem:.0f} GiB, "
-        f"JAX {jax.devices()[0].platform}, OPENBLAS_NUM_THREADS={blas}"
-    )
 
 
 def rel_err(values, reference):

@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -33,24 +31,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-
-def machine() -> str:
-    """CPU model, cores, memory and the BLAS thread setting, for the record."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-        with open("/proc/meminfo") as f:
-            mem = int(next(line.split()[1] for line in f if line.startswith("MemTotal"))) / 2**20
-    except (OSError, StopIteration):
-        mem = float("nan")
-    blas = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())  # other users of the cores
-    return (
-        f"load average {load}; {model}, {os.cpu_count()} cores, {mem:.0f} GiB, "
-        f"JAX {jax.__version__} {jax.devices()[0].platform}, OPENBLAS_NUM_THREADS={blas}"
-    )
+from _machine import machine  # benchmarks/_machine.py
 
 
 def timed(fn):

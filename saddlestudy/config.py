@@ -61,12 +61,11 @@ import copy
 import hashlib
 import itertools
 import json
-import os
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from saddlestudy import data, losses, models, optim
+from saddlestudy import data, losses, models, optim, spectrum
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 DEFAULT_STUDY = "default"
@@ -464,10 +463,8 @@ def num_starts(cfg: dict) -> int:
 
 
 def _available_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 8 * 2**30
+    # The memory of the device the spectra will run on (a GPU's own on a GPU).
+    return spectrum.device_memory_bytes("free")
 
 
 def _check_dense_memory(cfg: dict, cells: list[dict]) -> None:

@@ -892,8 +892,9 @@ def _validate(loss_fn: Callable, params: Params) -> tuple[int, jnp.dtype]:
     return num_params, jnp.dtype(jnp.result_type(*leaves))
 
 
-def _memory_bytes(which: str) -> int:
-    """The default device's ``"free"`` or ``"total"`` memory in bytes."""
+def device_memory_bytes(which: str) -> int:
+    """The default device's ``"free"`` or ``"total"`` memory in bytes (a GPU's own memory on
+    a GPU, the host's on a CPU)."""
     device = jax.devices()[0]
     if device.platform != "cpu":
         stats = device.memory_stats() or {}
@@ -949,8 +950,8 @@ def _cached_plan(loss_fn, treedef, avals, method, num_matvecs, num_probes, num_r
         # Free memory only decides whether it fits at all; the chunk sizes come from the
         # device's total memory, so the same config gives the same compiled program and the
         # same bits on the same device whatever else is running.
-        available_bytes=_memory_bytes("free"),
-        budget_bytes=_memory_bytes("total"),
+        available_bytes=device_memory_bytes("free"),
+        budget_bytes=device_memory_bytes("total"),
         num_matvecs=num_matvecs,
         num_probes=num_probes,
         num_replicas=num_replicas,

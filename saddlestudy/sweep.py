@@ -32,7 +32,7 @@ import pyarrow as pa
 
 import saddlestudy
 from saddlestudy import config as study_config
-from saddlestudy import critical, data, losses, models, optim, spectrum, store, train
+from saddlestudy import critical, data, hessian, losses, models, optim, spectrum, store, train
 
 DEFAULT_OUT = Path("results")
 
@@ -216,8 +216,8 @@ def finder_batching(setting: str) -> str:
 
 def _starts_as_found(loss_fn, starts, grad_tol: float) -> SimpleNamespace:
     """Finder ``"none"``: the starts as they are (loss and gradient measured, not moved)."""
-    loss, grads = jax.vmap(jax.value_and_grad(loss_fn))(starts)
-    gn = sum(jnp.sum(g.reshape(g.shape[0], -1) ** 2, axis=1) for g in jax.tree.leaves(grads))
+    loss = jax.vmap(loss_fn)(starts)
+    gn = jax.vmap(functools.partial(hessian.grad_norm_sq, loss_fn))(starts)
     jax.block_until_ready((loss, gn))
     return SimpleNamespace(
         params=starts,

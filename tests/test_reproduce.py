@@ -53,3 +53,34 @@ def test_unknown_option_is_refused():
     script = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_paper.sh"
     run = subprocess.run(["bash", str(script), "--fast"], capture_output=True, text=True)
     assert run.returncode == 2 and "unknown option --fast" in run.stderr
+
+
+def test_spectral_density_without_converged_points_uses_end_points(paper_quick):
+    from saddlestudy import figures, store
+
+    results, _, _ = paper_quick
+    df = analysis.load(results / "minimum_ratio")
+    assert not df["converged"].any()  # finder "none": nothing is certified
+    spectra = {
+        r: store.load_spectrum(results, "minimum_ratio", r)["eigenvalues"] for r in df["row_id"]
+    }
+    fig = figures.spectral_density_figure(df, spectra)
+    assert len(fig.axes[0].lines) == df["num_params"].nunique()  # one curve per P
+
+
+def test_summarize_results_prints_every_study(paper_quick, capsys, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "summarize_results.py"
+    spec = importlib.util.spec_from_file_location("summarize_results", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results, _, _ = paper_quick
+    assert module.main([str(results)]) == 0
+    out = capsys.readouterr().out
+    for study in STUDIES:
+        assert f"### {study}" in out
+    assert "| newton_mr | converged |" in out  # the autoencoder's certified points
+    assert module.main([str(tmp_path)]) == 2
+    assert "no study linear_autoencoder" in capsys.readouterr().err

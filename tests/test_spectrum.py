@@ -446,7 +446,7 @@ def test_little_free_memory_maps_replicas_and_vectors_in_chunks(x64, monkeypatch
     loss, config = small_mlp_problem()
     params_R = init_replicas(config, jax.random.key(0), 3, "float64")
     everything_at_once = hessian_spectra(loss, params_R)
-    monkeypatch.setattr(spectrum, "_memory_bytes", lambda which: 20_000)
+    monkeypatch.setattr(spectrum, "device_memory_bytes", lambda which: 20_000)
     spectrum._cached_plan.cache_clear()
     try:
         one = jax.tree.map(lambda a: a[0], params_R)
