@@ -47,6 +47,9 @@ large_method = "lanczos"    # "lanczos" or "slq"
 num_matvecs = 64
 zero_tols = [1e-8, 1e-6, 1e-5, 1e-4]
 
+[figures]                   # how python -m saddlestudy.figures draws it (not hashed: editing
+cutoffs = [1e-10, 1e-6]     # it keeps the results); |grad L|^2 cutoffs of the panels
+
 [quick.train]               # optional: the reduced study of `sweep --quick`, e.g.
 replicas = 2                # (replaces train.replicas; [[quick.data]] replaces [[data]])
 ```
@@ -99,9 +102,14 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "num_matvecs": 64,
         "zero_tols": [1e-8, 1e-6, 1e-5, 1e-4],
     },
+    # How the study is drawn (python -m saddlestudy.figures); not part of the config hash.
+    "figures": {"cutoffs": [1e-10, 1e-6]},
 }
+# Tables that change how results are shown, never the results: left out of config_hash, so
+# that editing them does not orphan a finished study's results on disk.
+_PRESENTATION_TABLES = ("figures",)
 _GRID_KEYS = {("model", "depth"), ("model", "width"), ("model", "activation"), ("finder", "method")}
-_TABLES = {"study", "data", "model", "optimizer", "train", "finder", "spectrum"}
+_TABLES = {"study", "data", "model", "optimizer", "train", "finder", "spectrum", "figures"}
 
 
 class ConfigError(ValueError):
@@ -268,12 +276,20 @@ def resolve(raw: dict) -> dict:
     if not all(_is_number(t) and t >= 0 for t in tols):
         _fail("spectrum.zero_tols", f"tolerances must be numbers >= 0, got {tols!r}")
     spec["zero_tols"] = sorted(float(t) for t in tols)
+
+    cutoffs = _as_list("figures.cutoffs", cfg["figures"]["cutoffs"])
+    if not all(_is_number(c) and c > 0 for c in cutoffs):
+        _fail(
+            "figures.cutoffs", f"squared-gradient-norm cutoffs must be numbers > 0, got {cutoffs!r}"
+        )
+    cfg["figures"]["cutoffs"] = [float(c) for c in cutoffs]
     return cfg
 
 
 def config_hash(cfg: dict) -> str:
-    """A short hash of the resolved config (canonical JSON)."""
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+    """A short hash of the resolved config (canonical JSON), presentation tables left out."""
+    kept = {k: v for k, v in cfg.items() if k not in _PRESENTATION_TABLES}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -325,22 +325,48 @@ def _exact_reference(df):
     return analysis.linear_autoencoder_reference(eigenvalues, p, zero_tol=1e-5)
 
 
+DEFAULT_CUTOFFS = (1e-10, 1e-6)
+
+
+class StudyConfigError(ValueError):
+    """A study directory's config.json cannot be read."""
+
+
+def study_cutoffs(root: str | Path) -> tuple[float, ...]:
+    """The index-vs-loss cutoffs of a study: its config's ``[figures] cutoffs``.
+
+    Read from the ``config.json`` the sweep wrote beside the results; studies run before
+    the ``[figures]`` table existed get ``DEFAULT_CUTOFFS``.
+    """
+    path = Path(root) / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except FileNotFoundError:
+        return DEFAULT_CUTOFFS
+    except json.JSONDecodeError as err:
+        raise StudyConfigError(f"{path} is not valid JSON: {err}") from None
+    return tuple(float(c) for c in cfg.get("figures", {}).get("cutoffs", DEFAULT_CUTOFFS))
+
+
 def study_figures(
     root: str | Path,
     out: str | Path | None = None,
     formats=("png", "pdf"),
     *,
-    cutoffs: Sequence[float] = (1e-10, 1e-6),
+    cutoffs: Sequence[float] | None = None,
 ) -> list[Path]:
     """Writes every figure of a study directory; returns the paths written.
 
-    ``cutoffs``: the squared-gradient-norm cutoffs of the strict/loose index-vs-loss panels.
+    ``cutoffs``: the squared-gradient-norm cutoffs of the strict/loose index-vs-loss panels
+    (default: the study's ``[figures] cutoffs``, see :func:`study_cutoffs`).
     For a deep linear autoencoder study the exact critical points are drawn behind.
     """
     from saddlestudy import analysis, store
 
     root = Path(root)
     df = analysis.load(root)
+    if cutoffs is None:
+        cutoffs = study_cutoffs(root)
     out = Path(out) if out is not None else Path("figures") / root.name
     spectra = {}
     for row_id in df["row_id"]:
@@ -376,13 +402,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--cutoffs",
         type=float,
         nargs="+",
-        default=[1e-10, 1e-6],
-        help="|grad L|^2 cutoffs of the strict/loose index-vs-loss panels (default 1e-10 1e-6)",
+        default=None,
+        help="|grad L|^2 cutoffs of the strict/loose index-vs-loss panels (default: the "
+        "study's [figures] cutoffs, else 1e-10 1e-6)",
     )
     args = parser.parse_args(argv)
     try:
-        paths = study_figures(args.results, args.out, cutoffs=tuple(args.cutoffs))
-    except FileNotFoundError as err:
+        cutoffs = tuple(args.cutoffs) if args.cutoffs else study_cutoffs(args.results)
+        paths = study_figures(args.results, args.out, cutoffs=cutoffs)
+    except (FileNotFoundError, StudyConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for path in paths:

@@ -51,6 +51,18 @@ def test_hash_and_cell_ids_are_stable_and_sensitive():
     assert not {x["cell_id"] for x in config.expand(c)} & {x["cell_id"] for x in config.expand(a)}
 
 
+def test_figures_table_is_validated_and_left_out_of_the_hash():
+    a = config.resolve(copy.deepcopy(BASE))
+    assert a["figures"]["cutoffs"] == [1e-10, 1e-6]
+    b = config.resolve(with_(["figures"], {"cutoffs": [1e-10, 1e-2, 10]}))
+    assert b["figures"]["cutoffs"] == [1e-10, 1e-2, 10.0]
+    assert config.config_hash(b) == config.config_hash(a)  # results on disk stay valid
+    with pytest.raises(config.ConfigError, match=r"^figures\.cutoffs"):
+        config.resolve(with_(["figures"], {"cutoffs": [0.0]}))
+    with pytest.raises(config.ConfigError, match=r"^figures\.colour"):
+        config.resolve(with_(["figures"], {"colour": "red"}))
+
+
 def test_per_layer_widths_pair_with_their_depth_and_depth_zero_once():
     cfg = config.resolve(with_(["model"], {"depth": [0, 2], "width": [3, [4, 2]]}))
     cells = config.expand(cfg)

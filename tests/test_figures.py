@@ -64,3 +64,26 @@ def test_unknown_format_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match="format"):
         figures.save_figure(plt.figure(), tmp_path / "x", formats=("bmp",))
+
+
+def test_cutoffs_come_from_the_study_config_unless_given(tmp_path, monkeypatch, capsys):
+    directory = fake_study(tmp_path / "results")
+    assert figures.study_cutoffs(directory) == figures.DEFAULT_CUTOFFS  # no [figures] table
+    (directory / "config.json").write_text('{"figures": {"cutoffs": [1e-10, 0.001, 1.0]}}')
+    assert figures.study_cutoffs(directory) == (1e-10, 1e-3, 1.0)
+    drawn = []
+    real = figures.index_vs_loss_figure
+
+    def spy(df, cutoffs=None, **kwargs):
+        drawn.append(tuple(cutoffs) if cutoffs else None)
+        return real(df, cutoffs=cutoffs, **kwargs)
+
+    monkeypatch.setattr(figures, "index_vs_loss_figure", spy)
+    assert figures.main([str(directory), "--out", str(tmp_path / "a")]) == 0
+    assert drawn == [None, (1e-10, 1e-3, 1.0)]
+    assert figures.main([str(directory), "--out", str(tmp_path / "b"), "--cutoffs", "1e-4"]) == 0
+    assert drawn[-1] == (1e-4,)
+    (directory / "config.json").write_text("{broken")
+    assert figures.main([str(directory), "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "config.json is not valid JSON" in err and len(err.strip().splitlines()) == 1
