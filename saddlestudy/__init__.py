@@ -12,12 +12,20 @@ from saddlestudy.critical import (
 from saddlestudy.hessian import dense_hessian, grad_norm_sq, gradient, hvp
 from saddlestudy.losses import make_loss_fn
 from saddlestudy.models import MLP, MLPConfig, init_params, init_replicas, make_apply
-from saddlestudy.spectrum import Spectrum, hessian_spectrum
+from saddlestudy.spectrum import (
+    Eigenpairs,
+    Spectrum,
+    hessian_eigenpairs,
+    hessian_spectra,
+    hessian_spectrum,
+    hessian_trace,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CriticalPoint",
+    "Eigenpairs",
     "MLP",
     "MLPConfig",
     "Spectrum",
@@ -27,7 +35,10 @@ __all__ = [
     "find_critical_points",
     "grad_norm_sq",
     "gradient",
+    "hessian_eigenpairs",
+    "hessian_spectra",
     "hessian_spectrum",
+    "hessian_trace",
     "hvp",
     "init_params",
     "init_replicas",

@@ -3,8 +3,9 @@
 ``hessian_spectrum(loss_fn, params, method=...)`` returns a :class:`Spectrum`;
 ``hessian_spectra(loss_fn, params_R, ...)`` does the same for R replicas (a leading replica
 axis on every leaf) in one compiled call. ``hessian_eigenpairs`` gives the k extreme
-eigenpairs and ``hessian_trace`` the trace. Every entry point compiles once per ``loss_fn``
-object (and shapes): call it again with new parameters and nothing is retraced.
+eigenpairs (stopping as soon as all k have converged) and ``hessian_trace`` the trace.
+Every entry point compiles once per ``loss_fn`` object (and shapes): call it again with new
+parameters and nothing is retraced.
 
 Definitions (shared/SCIENCE.md §1): an eigenvalue is negative if ``lambda < -zero_tol``,
 positive if ``lambda > zero_tol`` and zero otherwise; ``index = num_negative / P``,
@@ -279,14 +280,18 @@ class Eigenpairs(NamedTuple):
       eigenvalues: (k,), descending for ``which="largest"``, ascending for ``"smallest"``.
       eigenvectors: unit vectors with the structure of the parameters and a leading axis k
         (sign fixed so that the largest-magnitude entry is positive).
-      residual_bounds: (k,) ``||H y - theta y||``, a bound on each eigenvalue's error.
+      residual_bounds: (k,) ``||H y - theta y||``, a bound on each eigenvalue's error
+        (and ``bound^2 / gap`` a sharper one, the gap to the rest of the spectrum).
       converged: (k,) whether ``residual_bounds <= tol * max|Ritz value|``.
+      num_matvecs: the Hessian-vector products used (fewer than asked when the run
+        stopped early because all k had converged).
     """
 
     eigenvalues: jax.Array
     eigenvectors: Params
     residual_bounds: jax.Array
     converged: jax.Array
+    num_matvecs: jax.Array
 
 
 class TraceEstimate(NamedTuple):
@@ -305,17 +310,25 @@ class Tridiagonal(NamedTuple):
       offdiag: (m - 1,) off-diagonal of T (exactly 0 where an invariant subspace ended and
         the run restarted).
       residual_norm: ``||r||``, the coupling to the next, unbuilt, Lanczos vector.
+      num_steps: n <= m, the steps taken (the products used): a run stopped early has
+        built only the leading n rows of ``basis`` and the leading n x n block of T; the
+        rest is zero, and ``residual_norm`` couples to the (n + 1)-th vector.
     """
 
     basis: jax.Array
     diag: jax.Array
     offdiag: jax.Array
     residual_norm: jax.Array
+    num_steps: jax.Array
 
 
 # ---------------------------------------------------------------------------------------------
 # Numerical kernels (never jitted here; the entry points below jit the outermost call)
 # ---------------------------------------------------------------------------------------------
+
+
+# Rows of the Lanczos basis per reorthogonalisation block (see ``lanczos_tridiag``).
+_REORTH_BLOCK = 16
 
 
 def lanczos_tridiag(
@@ -324,6 +337,8 @@ def lanczos_tridiag(
     num_matvecs: int,
     *,
     restart_vector: jax.Array,
+    stop: Callable[[Tridiagonal], jax.Array] | None = None,
+    check_every: int = 2,
 ) -> Tridiagonal:
     """Lanczos tridiagonalisation with full reorthogonalisation and breakdown restarts.
 
@@ -351,6 +366,10 @@ def lanczos_tridiag(
       num_matvecs: m, the number of products and Lanczos vectors, 1 <= m <= P.
       restart_vector: a random vector of shape (P,) (e.g. standard normal), used only at a
         breakdown: restarts continue from it rolled by the step number, orthogonalised.
+      stop: optional early stop: called every ``check_every`` steps with the
+        :class:`Tridiagonal` built so far, without its basis (``None``; ``num_steps`` = the
+        steps taken); the run ends when it returns True, or after ``num_matvecs`` steps.
+      check_every: steps between calls of ``stop`` (each costs a small ``eigh``).
 
     Returns:
       A :class:`Tridiagonal`.
@@ -361,10 +380,21 @@ def lanczos_tridiag(
     # step would make the compiled loop much larger (threefry) for a rarely taken branch.
     restart = restart_vector.astype(dtype)
 
-    def orthogonalise(basis, w):
-        # Rows not yet written are zero, so projecting on all m rows is exact and keeps
-        # shapes static.
-        return w - (basis @ w) @ basis
+    def orthogonalise(basis, w, rows):
+        # Rows not yet written are zero, so projecting on them is exact. Short bases are
+        # projected on whole (classical Gram-Schmidt); long ones block by block over the
+        # written rows only, so that a run stopped early (or early in a deep run) does not
+        # stream the unwritten rows from memory. The last block is clamped inside the basis
+        # and may repeat a few rows: a second projection on them is harmless.
+        if num_matvecs <= _REORTH_BLOCK:
+            return w - (basis @ w) @ basis
+
+        def block(b, w):
+            start = jnp.minimum(b * _REORTH_BLOCK, num_matvecs - _REORTH_BLOCK)
+            rows_b = jax.lax.dynamic_slice_in_dim(basis, start, _REORTH_BLOCK)
+            return w - (rows_b @ w) @ rows_b
+
+        return jax.lax.fori_loop(0, (rows + _REORTH_BLOCK - 1) // _REORTH_BLOCK, block, w)
 
     def normalise(w):
         norm = jnp.linalg.norm(w)
@@ -378,18 +408,18 @@ def lanczos_tridiag(
         # The local three-term recurrence first (O(P)), so that the full reorthogonalisation,
         # which streams the whole basis from memory, usually needs one pass, not two.
         w = w - alpha * q - beta_prev * q_prev
-        w1, beta1 = normalise(orthogonalise(basis, w))
+        w1, beta1 = normalise(orthogonalise(basis, w, j + 1))
 
         def second_pass():
             # Kahan-Parlett: the first pass cancelled much of w, so its result may still lean
             # on the basis; a pass on the normalised vector fixes that. If this pass too
             # removes more than half, the Krylov space is (numerically) invariant.
-            w2, gamma = normalise(orthogonalise(basis, w1))
+            w2, gamma = normalise(orthogonalise(basis, w1, j + 1))
             broke = ~(gamma > 0.5)  # also True for NaN: a NaN run is caught by T's entries
 
             def restarted():
                 r = jnp.roll(restart, j)
-                return normalise(orthogonalise(basis, orthogonalise(basis, r)))[0]
+                return normalise(orthogonalise(basis, orthogonalise(basis, r, j + 1), j + 1))[0]
 
             q_next = jax.lax.cond(broke, restarted, lambda: w2)
             return q_next, beta1 * gamma, broke
@@ -414,23 +444,59 @@ def lanczos_tridiag(
         jnp.zeros_like(v0),
         jnp.zeros((), dtype),
     )
-    basis, diag, offdiag, residual_norm, *_ = jax.lax.fori_loop(0, num_matvecs, step, init)
-    return Tridiagonal(basis, diag, offdiag[:-1], residual_norm)
+
+    def built(carry, num_steps, with_basis=True):
+        basis, diag, offdiag, residual_norm, *_ = carry
+        # offdiag[n - 1] couples to the unbuilt vector n: it is the residual, not part of T.
+        offdiag = jnp.where(jnp.arange(num_matvecs) < num_steps - 1, offdiag, 0)
+        basis = basis if with_basis else None  # ``stop`` gets T only: no (m, P) operand
+        return Tridiagonal(basis, diag, offdiag[:-1], residual_norm, num_steps)
+
+    if stop is None:
+        carry = jax.lax.fori_loop(0, num_matvecs, step, init)
+        return built(carry, jnp.asarray(num_matvecs))
+
+    def body(state):
+        j, _, carry = state
+        carry = step(j, carry)
+        j = j + 1
+        due = (j % check_every == 0) & (j < num_matvecs)
+        tri = built(carry, j, with_basis=False)
+        done = jax.lax.cond(due, lambda: jnp.asarray(stop(tri)), lambda: False)
+        return j, done | (j >= num_matvecs), carry
+
+    num_steps, _, carry = jax.lax.while_loop(
+        lambda state: ~state[1], body, (jnp.asarray(0), jnp.asarray(False), init)
+    )
+    return built(carry, num_steps)
 
 
 def ritz_pairs(tridiagonal: Tridiagonal) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Ritz values, the eigenvectors S of T, and residual bounds ``|beta_m S[m-1, i]|``.
+    """Ritz values, the eigenvectors S of T, and residual bounds ``|beta_n S[n-1, i]|``.
 
-    Returns ``(theta, S, bounds)``: theta (m,) ascending, S (m, m) with the eigenvector of
-    ``theta[i]`` in column i (Ritz vector ``S[:, i] @ basis``), bounds (m,) the residual
-    norms ``||H y_i - theta_i y_i||`` (Parlett, *The Symmetric Eigenvalue Problem*, 1998).
+    Returns ``(theta, S, bounds)``: theta (m,) with the n = ``num_steps`` Ritz values of
+    the built block first, ascending (the m - n entries after them belong to the unbuilt
+    rows and mean nothing), S (m, m) with the eigenvector of ``theta[i]`` in column i (Ritz
+    vector ``S[:, i] @ basis``), bounds (m,) the residual norms
+    ``||H y_i - theta_i y_i||`` (Parlett, *The Symmetric Eigenvalue Problem*, 1998).
     """
     d, e = tridiagonal.diag, tridiagonal.offdiag
+    (m,) = d.shape
+    n = tridiagonal.num_steps
+    # Unbuilt rows get a diagonal below every eigenvalue of the built block (Gershgorin), so
+    # that, decoupled from it, they sort first; rolling them to the end leaves the block's
+    # Ritz values first and in order. (With n = m this is the plain eigh of T.)
+    built = jnp.arange(m) < n
+    radius = jnp.abs(jnp.pad(e, (1, 0))) + jnp.abs(jnp.pad(e, (0, 1)))
+    low = jnp.min(jnp.where(built, d - radius, jnp.inf))
+    high = jnp.max(jnp.where(built, d + radius, -jnp.inf))
+    d = jnp.where(built, d, low - jnp.maximum(high - low, jnp.abs(low)) - 1)
     T = jnp.diag(d) + jnp.diag(e, 1) + jnp.diag(e, -1)
     finite = jnp.all(jnp.isfinite(T))
     theta, S = jnp.linalg.eigh(jnp.where(finite, T, jnp.zeros_like(T)))
+    theta, S = jnp.roll(theta, n - m), jnp.roll(S, n - m, axis=1)
     theta = jnp.where(finite, theta, jnp.nan)
-    bounds = jnp.abs(tridiagonal.residual_norm * S[-1, :])
+    bounds = jnp.abs(tridiagonal.residual_norm * S[n - 1, :])
     return theta, S, bounds
 
 
@@ -703,18 +769,34 @@ def _largest_divisor(n: int, at_most: int) -> int:
     return max(d for d in range(1, max(1, min(n, at_most)) + 1) if n % d == 0)
 
 
-def _eigenpairs_core(loss_fn, params, key, tol, smallest, *, k, num_matvecs):
+def _wanted(tri: Tridiagonal, tol, smallest, k):
+    """Ritz pairs of the k wanted extremes of a (possibly partial) run, and their test."""
+    theta, S, bounds = ritz_pairs(tri)
+    n = tri.num_steps
+    # ``smallest`` is dynamic so that both ends share one compiled program.
+    idx = jnp.where(smallest, jnp.arange(k), n - 1 - jnp.arange(k))
+    scale = jnp.maximum(jnp.abs(theta[0]), jnp.abs(theta[n - 1]))
+    return theta[idx], S[:, idx], bounds[idx], bounds[idx] <= tol * scale
+
+
+def _eigenpairs_core(loss_fn, params, key, tol, smallest, *, k, num_matvecs, stop_early):
     matvec, theta0 = hessian.flat_hvp(loss_fn, params)
     v0, restart = jax.random.normal(key, (2, *theta0.shape), theta0.dtype)
-    tri = lanczos_tridiag(matvec, v0, num_matvecs, restart_vector=restart)
-    theta, S, bounds = ritz_pairs(tri)
-    # ``smallest`` is dynamic so that both ends share one compiled program.
-    idx = jnp.where(smallest, jnp.arange(k), num_matvecs - 1 - jnp.arange(k))
-    vectors = jax.vmap(lambda s: _fix_sign(_unit(s @ tri.basis)))(S[:, idx].T)
+
+    def stop(tri):
+        # No eigh before k Ritz values exist: on a small problem the checks are much of
+        # the cost (an eigh of the (m, m) T against a cheap product).
+        converged = lambda: jnp.all(_wanted(tri, tol, smallest, k)[3])  # noqa: E731
+        return jax.lax.cond(tri.num_steps >= k, converged, lambda: jnp.asarray(False))
+
+    tri = lanczos_tridiag(
+        matvec, v0, num_matvecs, restart_vector=restart, stop=stop if stop_early else None
+    )
+    values, S, bounds, converged = _wanted(tri, tol, smallest, k)
+    vectors = jax.vmap(lambda s: _fix_sign(_unit(s @ tri.basis)))(S.T)
     vectors = jax.vmap(ravel_pytree(params)[1])(vectors)
-    scale = jnp.maximum(jnp.abs(theta[0]), jnp.abs(theta[-1]))
-    finite = jnp.all(jnp.isfinite(theta)) & jnp.isfinite(tri.residual_norm)
-    return theta[idx], vectors, bounds[idx], bounds[idx] <= tol * scale, finite
+    finite = jnp.all(jnp.isfinite(values)) & jnp.isfinite(tri.residual_norm)
+    return values, vectors, bounds, converged, tri.num_steps, finite
 
 
 def _trace_core(loss_fn, params, key, *, num_probes, estimator):
@@ -749,7 +831,9 @@ _spectrum_jit = jax.jit(_spectrum_entry, static_argnums=0, static_argnames=_SPEC
 _spectra_jit = jax.jit(
     _spectra_entry, static_argnums=0, static_argnames=(*_SPECTRUM_STATIC, "replica_batch")
 )
-_eigenpairs_jit = jax.jit(_eigenpairs_core, static_argnums=0, static_argnames=("k", "num_matvecs"))
+_eigenpairs_jit = jax.jit(
+    _eigenpairs_core, static_argnums=0, static_argnames=("k", "num_matvecs", "stop_early")
+)
 _trace_jit = jax.jit(_trace_core, static_argnums=0, static_argnames=("num_probes", "estimator"))
 
 
@@ -1247,9 +1331,13 @@ def hessian_eigenpairs(
     which: str = "largest",
     num_matvecs: int | None = None,
     tol: float | None = None,
+    stop_early: bool = True,
     key: jax.Array | None = None,
 ) -> Eigenpairs:
     """The k largest (or smallest) eigenpairs by Lanczos with full reorthogonalisation.
+
+    The run stops as soon as all k pairs have converged (checked every 2 steps), so the
+    cost adapts to the problem: ask for the accuracy with ``tol``, not for a depth.
 
     Args:
       loss_fn: pure scalar function of a parameter pytree.
@@ -1257,8 +1345,12 @@ def hessian_eigenpairs(
       k: number of pairs, 1 <= k <= num_matvecs.
       which: ``"largest"`` (algebraically, descending) or ``"smallest"`` (ascending; the
         most negative first: escape directions of a saddle).
-      num_matvecs: Krylov depth m, k <= m <= P (default min(P, max(100, 4 k))).
-      tol: relative residual tolerance of ``converged`` (default sqrt(eps)).
+      num_matvecs: the most products, the Krylov depth m, k <= m <= P (default
+        min(P, max(100, 4 k))).
+      tol: relative residual tolerance: a pair has converged when its residual bound is
+        <= tol * max|Ritz value| (default sqrt(eps): about 3e-4 in float32, 1.5e-8 in
+        float64; the eigenvalue error is then about bound^2 / gap, far smaller).
+      stop_early: stop when all k have converged; False: always ``num_matvecs`` products.
       key: PRNG key of the start vector (default ``key(0)``).
 
     Returns:
@@ -1274,12 +1366,19 @@ def hessian_eigenpairs(
         num_matvecs = min(num_params, max(DEFAULT_NUM_MATVECS, 4 * k))
     num_matvecs = _check_int("num_matvecs", num_matvecs, max(2, k), num_params)
     tol = math.sqrt(float(jnp.finfo(dtype).eps)) if tol is None else _check_positive("tol", tol)
-    values, vectors, bounds, converged, finite = _eigenpairs_jit(
-        loss_fn, params, _default_key(key), tol, which == "smallest", k=k, num_matvecs=num_matvecs
+    values, vectors, bounds, converged, used, finite = _eigenpairs_jit(
+        loss_fn,
+        params,
+        _default_key(key),
+        tol,
+        which == "smallest",
+        k=k,
+        num_matvecs=num_matvecs,
+        stop_early=bool(stop_early),
     )
     if not _is_tracer(finite) and not bool(finite):
         raise _non_finite_error("at these parameters")
-    return Eigenpairs(values, vectors, bounds, converged)
+    return Eigenpairs(values, vectors, bounds, converged, used)
 
 
 def hessian_trace(

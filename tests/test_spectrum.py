@@ -281,6 +281,45 @@ def test_lanczos_agrees_with_matfree_without_breakdown(x64):
     np.testing.assert_allclose(jnp.abs(ours.basis), jnp.abs(theirs.Q_tall), atol=1e-10)
 
 
+def test_blockwise_reorthogonalisation_keeps_a_full_depth_run_exact(x64):
+    # 40 > the 16-row blocks: the last block is clamped (rows 24-39) and repeats 8 rows.
+    rng = np.random.default_rng(5)
+    M = rng.normal(size=(40, 40))
+    A = jnp.asarray(M + M.T)
+    v0, r = (jnp.asarray(rng.normal(size=40)) for _ in range(2))
+    tri = spectrum.lanczos_tridiag(lambda v: A @ v, v0, 40, restart_vector=r)
+    np.testing.assert_allclose(tri.basis @ tri.basis.T, np.eye(40), atol=1e-12)
+    theta, _, _ = spectrum.ritz_pairs(tri)
+    np.testing.assert_allclose(theta, np.linalg.eigvalsh(np.asarray(A)), atol=1e-10)
+
+
+def test_a_stopped_run_equals_a_shorter_run(x64):
+    # Stopping at step n must give exactly the tridiagonal, Ritz values and bounds of a run
+    # of n steps: the unbuilt rows may not leak into the Ritz values.
+    rng = np.random.default_rng(4)
+    M = rng.normal(size=(40, 40))
+    A = jnp.asarray(M + M.T)
+    v0, r = (jnp.asarray(rng.normal(size=40)) for _ in range(2))
+    for n in (2, 6, 13):  # 13: stop is consulted at even steps only, so it stops at 14
+        stopped = spectrum.lanczos_tridiag(
+            lambda v: A @ v, v0, 30, restart_vector=r, stop=lambda t, n=n: t.num_steps >= n
+        )
+        steps = n + n % 2
+        assert int(stopped.num_steps) == steps
+        short = spectrum.lanczos_tridiag(lambda v: A @ v, v0, steps, restart_vector=r)
+        theta, S, bounds = spectrum.ritz_pairs(stopped)
+        theta_s, S_s, bounds_s = spectrum.ritz_pairs(short)
+        np.testing.assert_allclose(theta[:steps], theta_s, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(bounds[:steps], bounds_s, rtol=1e-9, atol=1e-12)
+        ritz = S[:, :steps].T @ stopped.basis  # the Ritz vectors, built rows only
+        np.testing.assert_allclose(jnp.abs(ritz), jnp.abs(S_s.T @ short.basis), atol=1e-10)
+        assert float(jnp.abs(stopped.basis[steps:]).max(initial=0.0)) == 0.0
+    never = spectrum.lanczos_tridiag(
+        lambda v: A @ v, v0, 9, restart_vector=r, stop=lambda t: jnp.asarray(False)
+    )
+    assert int(never.num_steps) == 9  # the cap ends the run
+
+
 # ---------------------------------------------------------------------------------------------
 # Deep linear autoencoder (SCIENCE.md §3): exact critical points
 # ---------------------------------------------------------------------------------------------
@@ -380,6 +419,30 @@ def test_eigenpairs_match_dense(x64, which):
     for value, v in zip(expected, vectors):
         Hv = ravel_pytree(hvp(loss, params, ravel_pytree(params)[1](v)))[0]
         assert float(jnp.linalg.norm(Hv - value * v)) < 1e-6 * abs(value)
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest"])
+def test_eigenpairs_stop_once_all_k_have_converged(x64, which):
+    loss, params, reference = mlp_problem()
+    expected = reference[::-1][:3] if which == "largest" else reference[:3]
+    full = hessian_eigenpairs(loss, params, 3, which=which, num_matvecs=120, stop_early=False)
+    assert int(full.num_matvecs) == 120
+    for tol in (1e-4, 1e-8):
+        early = hessian_eigenpairs(loss, params, 3, which=which, num_matvecs=120, tol=tol)
+        used = int(early.num_matvecs)
+        assert used < 120 and used % 2 == 0 and bool(jnp.all(early.converged))
+        scale = np.max(np.abs(reference))
+        assert np.all(np.asarray(early.residual_bounds) <= tol * scale)
+        # the bound holds: each eigenvalue is within its residual bound of the truth (plus
+        # the dense reference's own rounding)
+        error = np.abs(np.asarray(early.eigenvalues) - expected)
+        assert np.all(error <= np.asarray(early.residual_bounds) + 1e-12 * scale)
+        # and two steps fewer would not have converged all three
+        shorter = hessian_eigenpairs(
+            loss, params, 3, which=which, num_matvecs=used - 2, tol=tol, stop_early=False
+        )
+        assert not bool(jnp.all(shorter.converged))
+    np.testing.assert_allclose(early.eigenvalues, full.eigenvalues, rtol=1e-10)
 
 
 @pytest.mark.parametrize("estimator", ["hutchinson", "xtrace"])
@@ -568,6 +631,9 @@ def test_to_dict_gives_plain_values(x64, method):
 def test_exported_at_top_level():
     assert saddlestudy.hessian_spectrum is hessian_spectrum
     assert saddlestudy.Spectrum is Spectrum
+    assert saddlestudy.hessian_spectra is hessian_spectra
+    assert saddlestudy.hessian_eigenpairs is hessian_eigenpairs
+    assert saddlestudy.hessian_trace is hessian_trace
 
 
 # ---------------------------------------------------------------------------------------------
