@@ -280,13 +280,15 @@ def spectral_density_figure(df, spectra: dict[str, np.ndarray], *, rel_sigma: fl
         conv = df[(df["start_kind"] == "end") & stored]
         ax.set_title("no converged points: where training ended", fontsize=9)
     colors = _param_colors(conv["num_params"]) if len(conv) else {}
-    lo = min((float(spectra[r].min()) for r in conv["row_id"]), default=-1.0)
-    hi = max((float(spectra[r].max()) for r in conv["row_id"]), default=1.0)
+    # one curve per P (its lowest-loss point); the x range spans the curves drawn only
+    drawn = conv.sort_values(["loss", "row_id"]).groupby("num_params", sort=True).head(1)
+    lo = min((float(spectra[r].min()) for r in drawn["row_id"]), default=-1.0)
+    hi = max((float(spectra[r].max()) for r in drawn["row_id"]), default=1.0)
     sigma = rel_sigma * max(hi - lo, 1e-12)
     grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, 2000)
     top = 0.0
-    for P, group in conv.groupby("num_params"):
-        best = group.sort_values(["loss", "row_id"]).iloc[0]
+    for _, best in drawn.sort_values("num_params").iterrows():
+        P = best["num_params"]
         density = analysis.spectral_density(spectra[best["row_id"]], grid, sigma)
         ax.plot(grid, density, color=colors[P], lw=1.2, label=f"P = {P} (loss {best['loss']:.3g})")
         top = max(top, float(density.max()))

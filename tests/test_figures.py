@@ -87,3 +87,21 @@ def test_cutoffs_come_from_the_study_config_unless_given(tmp_path, monkeypatch, 
     assert figures.main([str(directory), "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert "config.json is not valid JSON" in err and len(err.strip().splitlines()) == 1
+
+
+def test_spectral_density_spans_the_curves_it_draws():
+    import pandas as pd
+
+    # Two points of one P: the lower-loss one is drawn; the other's wide spectrum may not
+    # stretch the axis.
+    df = pd.DataFrame({
+        "row_id": ["a", "b"], "num_params": [3, 3], "loss": [0.1, 0.5],
+        "status": ["converged", "converged"], "start_kind": ["end", "end"],
+        "study": ["fake", "fake"], "config_hash": ["cafe", "cafe"],
+    })  # fmt: skip
+    spectra = {"a": np.array([-1.0, 0.5, 2.0]), "b": np.array([-100.0, 0.0, 100.0])}
+    fig = figures.spectral_density_figure(df, spectra)
+    ax = fig.axes[0]
+    assert len(ax.lines) == 1
+    lo, hi = ax.get_xlim()
+    assert -1.5 < lo < -1.0 and 2.0 < hi < 2.5
