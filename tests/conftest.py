@@ -17,15 +17,24 @@ def x64():
         jax.config.update("jax_enable_x64", previous)
 
 
-TINY_STUDY = """
+def tiny_study_toml(name: str = "default", widths: str = "[2, 3]", seed: int = 0) -> str:
+    """A small study: digits (PCA 4, 64 samples), width grid ``widths``, 40 iRprop- steps.
+
+    Shared by the session's finished study below and by the sweep tests (``from conftest
+    import tiny_study_toml``).
+    """
+    return f"""
 [study]
-name = "default"
+name = "{name}"
+seed = {seed}
 [[data]]
 name = "digits"
 pca_dim = 4
 num_samples = 64
 [model]
-width = [2, 3]
+depth = [1]
+width = {widths}
+activation = ["tanh"]
 [[optimizer]]
 name = "irprop-"
 learning_rate = 0.01
@@ -35,6 +44,7 @@ record_every = 20
 replicas = 2
 snapshot_steps = [20]
 [finder]
+method = ["newton_mr"]
 max_iters = 20
 """
 
@@ -47,7 +57,7 @@ def tiny_study(tmp_path_factory):
     previous = jax.config.jax_enable_x64
     root = tmp_path_factory.mktemp("study")
     path = root / "tiny.toml"
-    path.write_text(TINY_STUDY)
+    path.write_text(tiny_study_toml())
     try:
         return sweep.run_study(config.load(path), root / "results", quiet=True)
     finally:

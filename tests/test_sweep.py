@@ -9,45 +9,16 @@ import time
 
 import numpy as np
 import pytest
+from conftest import tiny_study_toml
 
 from saddlestudy import config, store, sweep
-
-TINY = """
-[study]
-name = "tiny"
-seed = 3
-
-[[data]]
-name = "digits"
-pca_dim = 4
-num_samples = 64
-
-[model]
-depth = [1]
-width = WIDTHS
-activation = ["tanh"]
-
-[[optimizer]]
-name = "irprop-"
-learning_rate = 0.01
-
-[train]
-num_steps = 40
-record_every = 20
-replicas = 2
-snapshot_steps = [20]
-
-[finder]
-method = ["newton_mr"]
-max_iters = 20
-"""
 
 TIMING = {"train_seconds", "finder_seconds", "spectrum_seconds"}
 
 
 def write_config(tmp_path, widths="[2, 3]", name="tiny.toml"):
     path = tmp_path / name
-    path.write_text(TINY.replace("WIDTHS", widths))
+    path.write_text(tiny_study_toml("tiny", widths, seed=3))
     return path
 
 
@@ -127,7 +98,7 @@ def test_dry_run_and_config_errors_compute_nothing(tmp_path, capsys):
     assert sweep.main([str(cfg_path), "--dry-run", "--out", str(tmp_path / "out")]) == 0
     assert "2 cells" in capsys.readouterr().out and not (tmp_path / "out").exists()
     bad = tmp_path / "bad.toml"
-    bad.write_text(TINY.replace("WIDTHS", "[0]"))
+    bad.write_text(tiny_study_toml("tiny", "[0]", seed=3))
     assert sweep.main([str(bad), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: model.width") and len(err.splitlines()) == 1
