@@ -503,6 +503,17 @@ def test_vmap_and_jit_over_hessian_spectrum(x64):
     np.testing.assert_allclose(jitted(one).eigenvalues, batched.eigenvalues[0], atol=1e-12)
 
 
+def test_vmap_over_eigenpairs_stops_each_replica_on_its_own(x64):
+    loss, config = small_mlp_problem()
+    params_R = init_replicas(config, jax.random.key(0), 3, "float64")
+    batched = jax.vmap(lambda p: hessian_eigenpairs(loss, p, 2, tol=1e-6))(params_R)
+    for r in range(3):
+        one = hessian_eigenpairs(loss, jax.tree.map(lambda a, r=r: a[r], params_R), 2, tol=1e-6)
+        assert int(batched.num_matvecs[r]) == int(one.num_matvecs)
+        np.testing.assert_allclose(batched.eigenvalues[r], one.eigenvalues, rtol=1e-10)
+        assert bool(jnp.all(batched.converged[r]))
+
+
 def test_little_free_memory_maps_replicas_and_vectors_in_chunks(x64, monkeypatch):
     # A 20 kB device: one replica's 9.6 kB Hessians at a time and one basis vector per chunk,
     # i.e. the lax.map paths instead of one vmap; the results must not change.
