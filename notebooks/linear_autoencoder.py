@@ -19,7 +19,6 @@
 # (default `results`; `results_quick` after `--quick`).
 
 # %%
-import json
 import os
 from pathlib import Path
 
@@ -33,9 +32,7 @@ from saddlestudy import analysis  # noqa: E402
 
 root = Path(os.environ.get("SADDLESTUDY_RESULTS_ROOT", "results"))
 df = analysis.load(root / "linear_autoencoder")
-args = json.loads(df["data_args"].iloc[0])
-n, p = args["n"], int(df["width"].iloc[0])
-ref = analysis.linear_autoencoder_reference(range(1, n + 1), p)
+ref = analysis.exact_reference(df)  # every exact critical point of this autoencoder
 print(f"{len(df)} points in {root / 'linear_autoencoder'}; {len(ref)} exact critical points")
 
 # %% [markdown]
@@ -43,11 +40,7 @@ print(f"{len(df)} points in {root / 'linear_autoencoder'}; {len(ref)} exact crit
 # one of the exact critical points.
 
 # %%
-exact = set(zip(np.round(ref["loss"], 6), ref["num_negative"]))
-df["exact"] = [
-    (round(float(loss), 6), int(neg)) in exact
-    for loss, neg in zip(df["loss"], df["num_negative@1e-5"])
-]
+df["exact"] = analysis.exact_matches(df, ref)
 summary = df.groupby(["finder_method", "status"], observed=True).agg(
     points=("exact", "size"), exact=("exact", "sum"), median_grad_norm_sq=("grad_norm_sq", "median")
 )

@@ -11,6 +11,7 @@ A point is a **minimum** when it has no eigenvalue below ``-zero_tol`` (shared/S
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -309,4 +310,44 @@ def linear_autoencoder_reference(
             "num_negative": num_negative.astype(int),
             "index": num_negative / (2 * n * p),
         }
+    )
+
+
+def exact_reference(df: pd.DataFrame, *, zero_tol: float = DEFAULT_ZERO_TOL) -> pd.DataFrame | None:
+    """:func:`linear_autoencoder_reference` for a study's rows when the study is the deep
+    linear autoencoder of SCIENCE.md §3 (identity, depth 1, no biases, half MSE, one P),
+    with the dataset's own n and eigenvalues; else None."""
+    needed = {"dataset", "activation", "depth", "num_params", "loss_name", "data_args", "width"}
+    if df.empty or not needed <= set(df.columns):
+        return None
+    first = df.iloc[0]
+    if not (
+        set(df["dataset"]) == {"linear_autoencoder"}
+        and set(df["activation"]) == {"identity"}
+        and set(df["depth"]) == {1}
+        and df["num_params"].nunique() == 1
+        and first["loss_name"] == "half_mse"
+    ):
+        return None
+    args = json.loads(first["data_args"])
+    n = int(args.get("n", 16))
+    p = int(first["width"])
+    if first["num_params"] != 2 * n * p:  # biases: not the autoencoder of SCIENCE.md §3
+        return None
+    eigenvalues = args.get("eigenvalues") or list(range(1, n + 1))
+    return linear_autoencoder_reference(eigenvalues, p, zero_tol=zero_tol)
+
+
+def exact_matches(
+    df: pd.DataFrame, reference: pd.DataFrame, *, zero_tol: float = DEFAULT_ZERO_TOL
+) -> np.ndarray:
+    """Per row: whether its loss (to 1e-6) and number of negative eigenvalues are those of
+    one of the exact critical points in ``reference``."""
+    exact = set(zip(np.round(reference["loss"], 6), reference["num_negative"]))
+    return np.array(
+        [
+            (round(float(loss), 6), int(neg)) in exact
+            for loss, neg in zip(df["loss"], df[tol_column("num_negative", zero_tol)])
+        ],
+        dtype=bool,
     )

@@ -76,6 +76,8 @@ DEFAULT_STUDY = "default"
 FINDER_METHODS = ("newton_mr", "gradnorm", "damped_newton", "saddle_free_newton", "none")
 LARGE_SPECTRUM_METHODS = ("lanczos", "slq")
 FINDER_BATCHING = ("auto", "map", "vmap")
+# |grad L|^2 cutoffs of the strict / loose index-vs-loss panels ([figures] cutoffs).
+DEFAULT_FIGURE_CUTOFFS = [1e-10, 1e-6]
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "study": {"name": None, "description": "", "seed": 0, "dtype": "float64"},
@@ -103,7 +105,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "zero_tols": [1e-8, 1e-6, 1e-5, 1e-4],
     },
     # How the study is drawn (python -m saddlestudy.figures); not part of the config hash.
-    "figures": {"cutoffs": [1e-10, 1e-6]},
+    "figures": {"cutoffs": DEFAULT_FIGURE_CUTOFFS},
 }
 # Tables that change how results are shown, never the results: left out of config_hash, so
 # that editing them does not orphan a finished study's results on disk.

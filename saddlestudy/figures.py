@@ -14,6 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from saddlestudy.config import DEFAULT_FIGURE_CUTOFFS  # noqa: E402
+
 # Fixed metadata so that the same data give byte-identical files (no dates, no versions).
 _METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None}}
 
@@ -302,32 +304,7 @@ def spectral_density_figure(df, spectra: dict[str, np.ndarray], *, rel_sigma: fl
     return fig
 
 
-def _exact_reference(df):
-    """The exact critical points when the study is a deep linear autoencoder, else None."""
-    from saddlestudy import analysis
-
-    needed = {"dataset", "activation", "depth", "num_params", "loss_name", "data_args", "width"}
-    if df.empty or not needed <= set(df.columns):
-        return None
-    first = df.iloc[0]
-    if not (
-        set(df["dataset"]) == {"linear_autoencoder"}
-        and set(df["activation"]) == {"identity"}
-        and set(df["depth"]) == {1}
-        and df["num_params"].nunique() == 1
-        and first["loss_name"] == "half_mse"
-    ):
-        return None
-    args = json.loads(first["data_args"])
-    n = int(args.get("n", 16))
-    p = int(first["width"])
-    if first["num_params"] != 2 * n * p:  # biases: not the autoencoder of SCIENCE.md §3
-        return None
-    eigenvalues = args.get("eigenvalues") or list(range(1, n + 1))
-    return analysis.linear_autoencoder_reference(eigenvalues, p, zero_tol=1e-5)
-
-
-DEFAULT_CUTOFFS = (1e-10, 1e-6)
+DEFAULT_CUTOFFS = tuple(DEFAULT_FIGURE_CUTOFFS)  # studies run before [figures] existed
 
 
 class StudyConfigError(ValueError):
@@ -375,7 +352,7 @@ def study_figures(
         arrays = store.load_spectrum(root.parent, root.name, row_id)
         if "eigenvalues" in arrays:
             spectra[row_id] = arrays["eigenvalues"]
-    reference = _exact_reference(df)
+    reference = analysis.exact_reference(df)
     paths = []
     paths += save_figure(index_vs_loss_figure(df, reference=reference), out / "index_vs_loss",
                          formats)  # fmt: skip
@@ -409,9 +386,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "study's [figures] cutoffs, else 1e-10 1e-6)",
     )
     args = parser.parse_args(argv)
+    if args.cutoffs and min(args.cutoffs) <= 0:
+        print(f"error: --cutoffs must be > 0, got {args.cutoffs}", file=sys.stderr)
+        return 2
     try:
-        cutoffs = tuple(args.cutoffs) if args.cutoffs else study_cutoffs(args.results)
-        paths = study_figures(args.results, args.out, cutoffs=cutoffs)
+        paths = study_figures(args.results, args.out, cutoffs=args.cutoffs)
     except (FileNotFoundError, StudyConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -218,7 +218,6 @@ def _starts_as_found(loss_fn, starts, grad_tol: float) -> SimpleNamespace:
     """Finder ``"none"``: the starts as they are (loss and gradient measured, not moved)."""
     loss = jax.vmap(loss_fn)(starts)
     gn = jax.vmap(functools.partial(hessian.grad_norm_sq, loss_fn))(starts)
-    jax.block_until_ready((loss, gn))
     return SimpleNamespace(
         params=starts,
         loss=loss,

@@ -10,7 +10,7 @@
 #   Expected runtime: about 17 minutes on a 2-core CPU (measured 2026-11-22, see RESULTS.md);
 #   GPU: not measured (no accelerator was available).
 # --quick: each study's reduced version (its [quick] table) into results_quick/ and
-#   figures_quick/; about 2 minutes on 2 CPU cores; the test suite runs it.
+#   figures_quick/; about 3 minutes on 2 CPU cores; the test suite runs it.
 # Rerunning resumes: finished cells are skipped (python -m saddlestudy.sweep's store).
 set -euo pipefail
 

@@ -9,7 +9,6 @@ Every number is an aggregate of saddlestudy.analysis over the stored rows; conve
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -46,17 +45,9 @@ def _index(df):
 
 
 def linear_autoencoder(df: pd.DataFrame) -> str:
-    args = json.loads(df["data_args"].iloc[0])
-    n, p = int(args.get("n", 16)), int(df["width"].iloc[0])
-    ref = analysis.linear_autoencoder_reference(range(1, n + 1), p, zero_tol=ZERO_TOL)
-    exact = set(zip(np.round(ref["loss"], 6), ref["num_negative"]))
-    df = df.assign(
-        exact=[
-            (round(float(loss), 6), int(neg)) in exact
-            for loss, neg in zip(df["loss"], df[analysis.tol_column("num_negative", ZERO_TOL)])
-        ],
-        index=_index(df),
-    )
+    ref = analysis.exact_reference(df, zero_tol=ZERO_TOL)
+    p = int(df["width"].iloc[0])
+    df = df.assign(exact=analysis.exact_matches(df, ref, zero_tol=ZERO_TOL), index=_index(df))
     rows = []
     for (method, status), g in df.groupby(["finder_method", "status"], observed=True):
         rows.append({"finder": method, "status": status, "points": len(g),

@@ -105,3 +105,10 @@ def test_spectral_density_spans_the_curves_it_draws():
     assert len(ax.lines) == 1
     lo, hi = ax.get_xlim()
     assert -1.5 < lo < -1.0 and 2.0 < hi < 2.5
+
+
+def test_non_positive_cutoffs_are_refused(tmp_path, capsys):
+    directory = fake_study(tmp_path / "results")
+    assert figures.main([str(directory), "--out", str(tmp_path / "a"), "--cutoffs", "0"]) == 2
+    assert "--cutoffs must be > 0" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()  # refused before drawing anything
