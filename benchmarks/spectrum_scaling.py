@@ -53,7 +53,7 @@ def problem(widths, dtype):
 
 def dense_row(size: int) -> str:
     """One row of the dense table: a tanh MLP with P close to ``size``."""
-    from saddlestudy import hessian, spectrum
+    from saddlestudy import hessian, memory, spectrum
 
     widths = (32, 32) if size == 3466 else (max(1, round((size - 10) / 75)),)
     config, loss, params = problem(widths, "float64")
@@ -63,19 +63,7 @@ def dense_row(size: int) -> str:
 
     first, _ = timed(spectrum_call)
     second, _ = timed(spectrum_call)
-    options = spectrum._resolve_options(
-        loss,
-        params,
-        method="dense",
-        zero_tol=1e-5,
-        num_matvecs=None,
-        num_extreme=None,
-        tol=None,
-        num_probes=None,
-        density_width=None,
-        chunk_size=None,
-    )
-    chunk = spectrum._plan(loss, params, options, 1)[1]
+    chunk = memory.plan(loss, params, "dense")[1]
     build = jax.jit(hessian.dense_hessian_chunked, static_argnums=(0, 2))
     timed(lambda: build(loss, params, chunk))
     t_build, H = timed(lambda: build(loss, params, chunk))
@@ -102,7 +90,7 @@ def dense(args) -> None:
 
 def slq_child(args) -> None:
     """Runs in a fresh process: peak RSS then belongs to this measurement alone."""
-    from saddlestudy import hessian, spectrum
+    from saddlestudy import hessian, memory, spectrum
 
     config, loss, params = problem((args.width, args.width), "float32")
     P = config.num_params
@@ -131,19 +119,7 @@ def slq_child(args) -> None:
     s = spectrum.hessian_spectrum(
         loss, params, method="slq", num_matvecs=args.num_matvecs, num_probes=args.num_probes
     )
-    options = spectrum._resolve_options(
-        loss,
-        params,
-        method="slq",
-        zero_tol=1e-5,
-        num_matvecs=args.num_matvecs,
-        num_extreme=None,
-        tol=None,
-        num_probes=args.num_probes,
-        density_width=None,
-        chunk_size=None,
-    )
-    chunk = spectrum._plan(loss, params, options, 1)[1]
+    chunk = memory.plan(loss, params, "slq", args.num_matvecs, args.num_probes)[1]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(
         json.dumps(

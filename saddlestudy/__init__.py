@@ -10,6 +10,7 @@ from saddlestudy.critical import (
     find_critical_points,
 )
 from saddlestudy.hessian import dense_hessian, grad_norm_sq, gradient, hvp
+from saddlestudy.inertia import Inertia, hessian_inertia
 from saddlestudy.losses import make_loss_fn
 from saddlestudy.models import MLP, MLPConfig, init_params, init_replicas, make_apply
 from saddlestudy.spectrum import (
@@ -26,6 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CriticalPoint",
     "Eigenpairs",
+    "Inertia",
     "MLP",
     "MLPConfig",
     "Spectrum",
@@ -36,6 +38,7 @@ __all__ = [
     "grad_norm_sq",
     "gradient",
     "hessian_eigenpairs",
+    "hessian_inertia",
     "hessian_spectra",
     "hessian_spectrum",
     "hessian_trace",

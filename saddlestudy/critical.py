@@ -77,7 +77,7 @@ import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from saddlestudy import hessian, linalg
+from saddlestudy import hessian, krylov, linalg
 
 Params = Any
 LossFn = Callable[[Params], jax.Array]
@@ -462,12 +462,25 @@ def _frobenius_norm(hvp: Callable, theta: jax.Array, key: jax.Array, opts: Finde
     return jnp.sqrt(jnp.mean(norms)), opts.frobenius_probes
 
 
+def _lanczos_ritz(
+    matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, num_steps: int, restart: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Ritz values (ascending) and Ritz vectors (rows, shape (k, P)) of k Lanczos steps."""
+    tri = krylov.lanczos_tridiag(matvec, v0, num_steps, restart_vector=restart)
+    theta, S, _ = krylov.ritz_pairs(tri)
+    return theta, S.T @ tri.basis
+
+
 def _linear_maxiter(opts: FinderOptions, P: int) -> int:
     return opts.linear_maxiter if opts.linear_maxiter is not None else min(2 * P, 1000)
 
 
-def _make_finder(loss_fn: LossFn, cfg: _Config, unravel: Callable):
-    """The per-start pieces: init, one step, and the final gradient-flat test."""
+def _make_finder(loss_fn: LossFn, cfg: _Config, unravel: Callable, restart: jax.Array):
+    """The per-start pieces: init, one step, and the final gradient-flat test.
+
+    ``restart`` is the random vector Lanczos continues from after a breakdown (shared by the
+    starts: it is rarely used).
+    """
     opts = cfg.options
 
     def f(theta):
@@ -626,8 +639,7 @@ def _make_finder(loss_fn: LossFn, cfg: _Config, unravel: Callable):
             n["num_grads"] = s["num_grads"] + 1
         else:  # saddle_free_newton
             k = min(opts.krylov_dim, theta.shape[0])
-            lz = linalg.lanczos(lambda v: hvp(theta, v), g, k)
-            ritz, Y = linalg.tridiagonal_eigh(lz)  # Y: (k, P) Ritz vectors
+            ritz, Y = _lanczos_ritz(lambda v: hvp(theta, v), g, k, restart)  # Y: (k, P)
             coef = (Y @ g) / (jnp.abs(ritz) + s["damping"])
             p = -(Y.T @ coef)
             new_theta = theta + p
@@ -662,7 +674,7 @@ def _make_finder(loss_fn: LossFn, cfg: _Config, unravel: Callable):
         # Ritz pairs of H in the Krylov space of g; directions of smaller curvature count as
         # kernel and are not inverted.
         k = min(opts.flat_krylov_dim, theta.shape[0])
-        ritz, Y = linalg.tridiagonal_eigh(linalg.lanczos(lambda v: hvp(theta, v), g, k))
+        ritz, Y = _lanczos_ritz(lambda v: hvp(theta, v), g, k, restart)
         keep = jnp.abs(ritz) > opts.flat_kernel_tol * fro
         p = -(Y.T @ jnp.where(keep, linalg._safe_div(Y @ g, ritz), 0.0))
         res = hvp(theta, p) + g
@@ -689,7 +701,10 @@ def _find_batched(loss_fn: LossFn, cfg: _Config, params_R: Params, key: jax.Arra
     template = jax.tree.map(lambda leaf: leaf[0], params_R)
     unravel = ravel_pytree(template)[1]
     theta_R = jax.vmap(lambda p: ravel_pytree(p)[0])(params_R)
-    init, step, flat_test = _make_finder(loss_fn, cfg, unravel)
+    # Streams of ``key``: the Lanczos restart vector from ``key`` itself (one draw, outside
+    # any vmap), start r's Hutchinson probes from ``fold_in(key, r)``.
+    restart = jax.random.normal(key, theta_R.shape[1:], theta_R.dtype)
+    init, step, flat_test = _make_finder(loss_fn, cfg, unravel, restart)
 
     state = jax.vmap(init)(theta_R)
 
@@ -765,7 +780,9 @@ def find_critical_points(
         or None (the start's dtype; in float32 ``grad_tol`` must be at least
         ``FLOAT32_MIN_GRAD_TOL``).
       key: randomness of the Hutchinson probes for ``|H|_F`` (only used when P exceeds
-        ``options.frobenius_exact_max``); default ``jax.random.key(0)``.
+        ``options.frobenius_exact_max``) and of the vector Lanczos restarts from after a
+        breakdown (saddle_free_newton and the gradient-flat test); default
+        ``jax.random.key(0)``.
       batching: ``"vmap"`` (default): one ``lax.while_loop`` steps every start in lockstep,
         with per-start convergence masks (finished starts keep their state and skip their
         inner solves); the layout for GPUs. ``"map"``: ``lax.map`` runs the starts one after
@@ -872,10 +889,14 @@ def _escape(loss_fn, params, eigen_method, krylov_dim, max_step, num_steps, shri
     else:
         grad = jax.grad(f)
         v0 = jax.random.normal(key, theta.shape, theta.dtype)
-        lz = linalg.lanczos(lambda v: jax.jvp(grad, (theta,), (v,))[1], v0, krylov_dim)
-        ritz, Y = linalg.tridiagonal_eigh(lz)
+        restart = jax.random.normal(jax.random.fold_in(key, 1), theta.shape, theta.dtype)
+
+        def hvp(v):
+            return jax.jvp(grad, (theta,), (v,))[1]
+
+        ritz, Y = _lanczos_ritz(hvp, v0, krylov_dim, restart)
         eigenvalue, u = ritz[0], Y[0]
-    u = u / jnp.linalg.norm(u)
+    u = krylov.unit(u)
     loss0 = f(theta)
     # Both signs of u on a geometric grid of step lengths: L(theta + t u) ~ L + t g.u +
     # lambda t^2 / 2 descends for either sign at a saddle (g = 0); away from one the sign
@@ -929,7 +950,7 @@ def escape_saddle(
       num_steps: grid points per sign.
       shrink: ratio of successive grid points, in (0, 1).
       zero_tol: eigenvalues above ``-zero_tol`` do not count as negative.
-      key: the Lanczos start vector's randomness (default ``jax.random.key(0)``).
+      key: the Lanczos start and restart vectors' randomness (default ``jax.random.key(0)``).
 
     Returns:
       A :class:`SaddleEscape` (new params, loss, loss decrease, step, eigenvalue, direction).
@@ -974,7 +995,8 @@ def gradient_flat_test(
 
     Returns a dict with ``flat_residual`` (r), ``flat_residual_hessian`` (r_H),
     ``hessian_fro_norm`` and ``gradient_flat`` (``r > 0.9`` and ``r_H < 5e-4``; unlike
-    :class:`CriticalPoint`'s flag this does not exclude converged points).
+    :class:`CriticalPoint`'s flag this does not exclude converged points). ``key`` gives the
+    random vectors that the final test of :func:`find_critical_point` draws from it.
     """
     cfg = _resolve_config("newton_mr", 1.0, 1, options)
     return _flat_only(loss_fn, cfg, params, jax.random.key(0) if key is None else key)
@@ -983,9 +1005,11 @@ def gradient_flat_test(
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _flat_only(loss_fn, cfg, params, key):
     theta, unravel = ravel_pytree(params)
-    _, _, flat_test = _make_finder(loss_fn, cfg, unravel)
+    # The key's streams as in ``_find_batched`` for its start 0.
+    restart = jax.random.normal(key, theta.shape, theta.dtype)
+    _, _, flat_test = _make_finder(loss_fn, cfg, unravel, restart)
     g = jax.grad(lambda t: loss_fn(unravel(t)))(theta)
-    r, r_h, fro, _ = flat_test(theta, g, key)
+    r, r_h, fro, _ = flat_test(theta, g, jax.random.fold_in(key, 0))
     opts = cfg.options
     return dict(
         flat_residual=r,

@@ -1,16 +1,15 @@
-"""Matrix-free symmetric linear algebra for critical-point finding: MINRES-QLP and Lanczos.
+"""Matrix-free symmetric linear algebra for critical-point finding: MINRES-QLP.
 
-Both work on flat vectors through a ``matvec`` (a Hessian-vector product in practice), are
-pure and jit/vmap-compatible (``lax.while_loop`` / ``lax.fori_loop``) and never jit.
+It works on flat vectors through a ``matvec`` (a Hessian-vector product in practice), is pure
+and jit/vmap-compatible (``lax.while_loop``) and never jits.
 
 - :func:`minres_qlp` solves a symmetric, possibly indefinite or singular system
   ``(A - shift I) x = b``; on singular systems it returns the minimum-length least-squares
   solution (the pseudoinverse solution), which plain MINRES does not (Choi, Paige & Saunders,
   "MINRES-QLP: a Krylov subspace method for indefinite or singular symmetric systems", SIAM J.
   Sci. Comput. 33, 2011; Choi & Saunders, ACM TOMS 40, 2014, Algorithm 937).
-- :func:`lanczos` builds an orthonormal Krylov basis and the tridiagonal projection of ``A``
-  (with full reorthogonalisation, for the small subspaces of saddle-free Newton and escape
-  directions).
+
+The package's Lanczos (eigenvalues, Ritz pairs) is :func:`saddlestudy.krylov.lanczos_tridiag`.
 """
 
 from __future__ import annotations
@@ -384,78 +383,3 @@ def minres_qlp(
         relares=_safe_div(arnorm, anorm * rnorm),
     )
     return x, info
-
-
-class LanczosResult(NamedTuple):
-    """A Lanczos decomposition ``A V^T ≈ V^T T`` with ``T = tridiag(offdiag, diag, offdiag)``.
-
-    Attributes:
-      basis: (k, n) orthonormal rows (rows after a breakdown are zero).
-      diag: (k,) the alphas.
-      offdiag: (k - 1,) the betas (zero after a breakdown: the subspace was invariant).
-    """
-
-    basis: jax.Array
-    diag: jax.Array
-    offdiag: jax.Array
-
-
-def lanczos(matvec: MatVec, v0: jax.Array, num_steps: int) -> LanczosResult:
-    """``num_steps`` Lanczos steps from ``v0`` with full reorthogonalisation.
-
-    Full (twice-applied Gram-Schmidt) reorthogonalisation keeps the basis orthonormal to
-    rounding, so that the Ritz values of the small tridiagonal are not duplicated (Paige 1971);
-    it costs O(k^2 n), negligible for the k <= a few hundred used here. If the Krylov space
-    becomes invariant (``beta`` below ``sqrt(eps) |A|``) the remaining rows are zero and so
-    are their couplings: their Ritz values 0 are spurious and their basis rows are zero, so
-    they contribute nothing to ``V^T f(T) V`` projections.
-
-    Args:
-      matvec: ``v -> A v`` (symmetric ``A``).
-      v0: start vector, shape (n,), nonzero.
-      num_steps: Krylov dimension k (static).
-
-    Returns:
-      A :class:`LanczosResult`.
-    """
-    num_steps = int(num_steps)
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    dtype = v0.dtype
-    eps = jnp.finfo(dtype).eps
-    # One spare row and coupling, dropped at the end, keep every write in bounds.
-    V = jnp.zeros((num_steps + 1, v0.shape[0]), dtype)
-    V = V.at[0].set(_safe_div(v0, jnp.linalg.norm(v0)))
-
-    def step(j, carry):
-        V, diag, offdiag, scale = carry
-        v = V[j]
-        w = matvec(v)
-        alpha = jnp.vdot(v, w)
-        # Gram-Schmidt against all rows so far (zero rows contribute nothing), twice.
-        w = w - V.T @ (V @ w)
-        w = w - V.T @ (V @ w)
-        beta = jnp.linalg.norm(w)
-        scale = jnp.maximum(scale, jnp.sqrt(alpha * alpha + beta * beta))
-        ok = (beta > jnp.sqrt(eps) * scale) & jnp.any(v != 0)
-        beta = jnp.where(ok, beta, jnp.zeros_like(beta))
-        V = V.at[j + 1].set(jnp.where(ok, _safe_div(w, beta), jnp.zeros_like(w)))
-        return V, diag.at[j].set(alpha), offdiag.at[j].set(beta), scale
-
-    diag = jnp.zeros((num_steps,), dtype)
-    offdiag = jnp.zeros((num_steps,), dtype)
-    V, diag, offdiag, _ = lax.fori_loop(
-        0, num_steps, step, (V, diag, offdiag, jnp.zeros((), dtype))
-    )
-    return LanczosResult(basis=V[:num_steps], diag=diag, offdiag=offdiag[: num_steps - 1])
-
-
-def tridiagonal_eigh(result: LanczosResult) -> tuple[jax.Array, jax.Array]:
-    """Ritz values (ascending) and Ritz vectors ``(k, n)`` rows of a Lanczos decomposition."""
-    T = (
-        jnp.diag(result.diag)
-        + jnp.diag(result.offdiag, 1)
-        + jnp.diag(result.offdiag, -1)
-    )  # fmt: skip
-    theta, U = jnp.linalg.eigh(T)
-    return theta, U.T @ result.basis

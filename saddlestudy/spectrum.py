@@ -17,11 +17,11 @@ Methods:
   vmapped over chunks (:func:`saddlestudy.hessian.dense_hessian_chunked`), then ``eigh``.
   Exact counts. Memory O(P^2): P ~ 5,000 on a laptop CPU, ~20,000 on a large GPU.
 - ``"lanczos"``: ``num_matvecs`` steps of Lanczos (1950) with full reorthogonalisation
-  (:func:`lanczos_tridiag`). Ritz values are upper bounds of the smallest eigenvalues and
-  lower bounds of the largest (Cauchy interlacing), so ``lambda_min`` (the most negative,
-  which power iteration cannot give) and ``lambda_max`` converge from inside, each Ritz
-  value with the residual bound ``|beta_m s_mi|`` (Parlett, *The Symmetric Eigenvalue
-  Problem*, 1998, on Lanczos). Memory O(num_matvecs * P).
+  (:func:`saddlestudy.krylov.lanczos_tridiag`). Ritz values are upper bounds of the smallest
+  eigenvalues and lower bounds of the largest (Cauchy interlacing), so ``lambda_min`` (the
+  most negative, which power iteration cannot give) and ``lambda_max`` converge from inside,
+  each Ritz value with the residual bound ``|beta_m s_mi|`` (Parlett, *The Symmetric
+  Eigenvalue Problem*, 1998, on Lanczos). Memory O(num_matvecs * P).
 - ``"slq"``: stochastic Lanczos quadrature (Lin, Saad & Yang 2016, SIAM Review 58;
   Ubaru, Chen & Saad 2017, SIMAX 38; used on network Hessians by Ghorbani, Krishnan & Xiao
   2019): ``num_probes`` Rademacher probes, a Lanczos run of ``num_matvecs`` steps from each;
@@ -67,20 +67,12 @@ So for every method ``|true fraction - estimate| <= bias bound + (a few) sem``: 
 check of the tests. Random vectors (Lanczos start, SLQ probes, restarts) come from ``key``
 (default ``jax.random.key(0)``: reproducible).
 
-Memory rule (``chunk_size=None``; see :func:`memory_plan`): of the memory A of the default
-device (its total, so that the plan, hence the numbers, do not depend on what else is
-running; free memory is only checked against the fixed part), a replica needs a fixed F
-(dense: 3 P^2 floats for the Hessian, its symmetrised copy and eigh's eigenvectors;
-lanczos/slq: the Krylov basis and the linearisation) and each vector in flight a V (an
-upper bound taken from the sizes of all intermediates of one gradient evaluation, twice for
-primal and tangent). Replicas at once (``hessian_spectra``): ``floor(A / (4 F))``, at
-least 1, rounded down to a divisor of R; vectors per vmapped chunk: a quarter of what is
-left, ``(A - b F) / (4 b V)``, rounded down to a power of two (SLQ: to a divisor of
-num_probes) and cached per loss. Pass ``chunk_size`` to override. On this rule P = 5,000
-in float64 (0.6 GB of Hessians) runs on a 2-core, 24 GB CPU. On a CPU the Krylov methods
-take replicas and probes one at a time: batched products are no faster there, and under
-vmap the Lanczos kernel's rarely taken branches (second pass, restart) become selects that
-always run (SLQ at P = 10^6 measured twice as slow).
+Memory (``chunk_size=None``): how many replicas (``hessian_spectra``) and vectors (dense
+basis vectors, SLQ probes) are vmapped at once follows the rule of :mod:`saddlestudy.memory`
+(:func:`saddlestudy.memory.plan`), cached per loss; pass ``chunk_size`` to override. The
+Krylov kernels (Lanczos, Ritz pairs, the smoothed density) live in
+:mod:`saddlestudy.krylov`; this module holds the result types, the method cores, the
+counting and the entry points.
 """
 
 from __future__ import annotations
@@ -88,7 +80,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -98,7 +89,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from matfree import stochtrace
 
-from saddlestudy import hessian
+from saddlestudy import hessian, krylov, memory
+from saddlestudy.memory import device_memory_bytes  # noqa: F401  (config.py reads it here)
 
 Params = Any
 LossFn = Callable[[Params], jax.Array]
@@ -114,10 +106,6 @@ DEFAULT_TRACE_PROBES = 64
 DENSITY_GRID_SIZE = 1024
 DENSITY_RELATIVE_WIDTH = 0.01  # Gaussian sigma as a fraction of the Ritz-value range
 DENSITY_GRID_MARGIN = 5.0  # the grid extends this many sigmas past the extreme nodes
-MEMORY_FRACTION = 0.25  # share of the device memory one batch of vectors may take
-HESSIAN_COPIES = 3  # H, its symmetrised copy, eigh's eigenvectors
-FALLBACK_MEMORY_BYTES = 4 * 2**30  # when the free memory cannot be read
-FALLBACK_VECTOR_BYTES_PER_PARAM = 64  # per-vector memory when the gradient cannot be traced
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,285 +289,9 @@ class TraceEstimate(NamedTuple):
     sem: jax.Array
 
 
-class Tridiagonal(NamedTuple):
-    """The output of :func:`lanczos_tridiag`: ``H Q^T = Q^T T + r e_m^T``.
-
-    Attributes:
-      basis: (m, P) orthonormal Lanczos vectors Q, one per row.
-      diag: (m,) diagonal of T.
-      offdiag: (m - 1,) off-diagonal of T (exactly 0 where an invariant subspace ended and
-        the run restarted).
-      residual_norm: ``||r||``, the coupling to the next, unbuilt, Lanczos vector.
-      num_steps: n <= m, the steps taken (the products used): a run stopped early has
-        built only the leading n rows of ``basis`` and the leading n x n block of T; the
-        rest is zero, and ``residual_norm`` couples to the (n + 1)-th vector.
-    """
-
-    basis: jax.Array
-    diag: jax.Array
-    offdiag: jax.Array
-    residual_norm: jax.Array
-    num_steps: jax.Array
-
-
 # ---------------------------------------------------------------------------------------------
-# Numerical kernels (never jitted here; the entry points below jit the outermost call)
+# Method cores (never jitted here; the entry points below jit the outermost call)
 # ---------------------------------------------------------------------------------------------
-
-
-# Rows of the Lanczos basis per reorthogonalisation block (see ``lanczos_tridiag``).
-_REORTH_BLOCK = 16
-
-
-def lanczos_tridiag(
-    matvec: Callable[[jax.Array], jax.Array],
-    v0: jax.Array,
-    num_matvecs: int,
-    *,
-    restart_vector: jax.Array,
-    stop: Callable[[Tridiagonal], jax.Array] | None = None,
-    check_every: int = 2,
-) -> Tridiagonal:
-    """Lanczos tridiagonalisation with full reorthogonalisation and breakdown restarts.
-
-    Lanczos (1950) with every new vector orthogonalised against all previous ones by
-    classical Gram-Schmidt after the three-term recurrence, with a second pass whenever the
-    first cancels more than 1 - 1/sqrt(2) of the vector (Kahan-Parlett "twice is enough";
-    Parlett 1998; Giraud, Langou, Rozloznik & van den Eshof 2005; the second pass acts on
-    the normalised vector, as in Daniel, Gragg, Kaufman & Stewart 1976), so no ghost
-    eigenvalues appear (Paige 1976). When the second pass too removes more than half of the
-    vector, the Krylov space is (numerically) invariant: the coupling is set to exactly 0
-    and the run continues from a random vector orthogonal to the basis, so repeated
-    eigenvalues get their multiplicity and ``num_matvecs == P`` gives all P eigenvalues.
-    (matfree 0.6.3's ``decomp.tridiag_sym`` has no such restart: at an exact breakdown it
-    returns a non-orthogonal basis and a wrong T, e.g. for the lecture's Hessian started at
-    its eigenvector (1, 1).)
-
-    The second pass and the restart are ``lax.cond`` branches, so a step usually streams
-    the basis from memory twice; under ``jax.vmap`` they become selects that always run
-    (about four times the basis traffic), which is why the spectrum methods map over
-    probes and replicas one at a time on a CPU.
-
-    Args:
-      matvec: ``v -> H v`` on flat vectors of shape (P,).
-      v0: start vector (P,), nonzero; normalised here.
-      num_matvecs: m, the number of products and Lanczos vectors, 1 <= m <= P.
-      restart_vector: a random vector of shape (P,) (e.g. standard normal), used only at a
-        breakdown: restarts continue from it rolled by the step number, orthogonalised.
-      stop: optional early stop: called every ``check_every`` steps with the
-        :class:`Tridiagonal` built so far, without its basis (``None``; ``num_steps`` = the
-        steps taken); the run ends when it returns True, or after ``num_matvecs`` steps.
-      check_every: steps between calls of ``stop`` (each costs a small ``eigh``).
-
-    Returns:
-      A :class:`Tridiagonal`.
-    """
-    (num_params,) = v0.shape
-    dtype = v0.dtype
-    # One random vector rolled by the step number serves every restart: a random draw per
-    # step would make the compiled loop much larger (threefry) for a rarely taken branch.
-    restart = restart_vector.astype(dtype)
-
-    def orthogonalise(basis, w, rows):
-        # Rows not yet written are zero, so projecting on them is exact. Short bases are
-        # projected on whole (classical Gram-Schmidt); long ones block by block over the
-        # written rows only, so that a run stopped early (or early in a deep run) does not
-        # stream the unwritten rows from memory. The last block is clamped inside the basis
-        # and may repeat a few rows: a second projection on them is harmless.
-        if num_matvecs <= _REORTH_BLOCK:
-            return w - (basis @ w) @ basis
-
-        def block(b, w):
-            start = jnp.minimum(b * _REORTH_BLOCK, num_matvecs - _REORTH_BLOCK)
-            rows_b = jax.lax.dynamic_slice_in_dim(basis, start, _REORTH_BLOCK)
-            return w - (rows_b @ w) @ rows_b
-
-        return jax.lax.fori_loop(0, (rows + _REORTH_BLOCK - 1) // _REORTH_BLOCK, block, w)
-
-    def normalise(w):
-        norm = jnp.linalg.norm(w)
-        return w / jnp.where(norm > 0, norm, 1), norm
-
-    def step(j, carry):
-        basis, diag, offdiag, _, q, q_prev, beta_prev = carry
-        basis = basis.at[j].set(q)
-        w = matvec(q)
-        alpha = jnp.vdot(q, w)
-        # The local three-term recurrence first (O(P)), so that the full reorthogonalisation,
-        # which streams the whole basis from memory, usually needs one pass, not two.
-        w = w - alpha * q - beta_prev * q_prev
-        w1, beta1 = normalise(orthogonalise(basis, w, j + 1))
-
-        def second_pass():
-            # Kahan-Parlett: the first pass cancelled much of w, so its result may still lean
-            # on the basis; a pass on the normalised vector fixes that. If this pass too
-            # removes more than half, the Krylov space is (numerically) invariant.
-            w2, gamma = normalise(orthogonalise(basis, w1, j + 1))
-            broke = ~(gamma > 0.5)  # also True for NaN: a NaN run is caught by T's entries
-
-            def restarted():
-                r = jnp.roll(restart, j)
-                return normalise(orthogonalise(basis, orthogonalise(basis, r, j + 1), j + 1))[0]
-
-            q_next = jax.lax.cond(broke, restarted, lambda: w2)
-            return q_next, beta1 * gamma, broke
-
-        def one_pass():
-            return w1, beta1, jnp.asarray(False)
-
-        enough = beta1 > jnp.linalg.norm(w) / math.sqrt(2)
-        q_next, beta, broke = jax.lax.cond(enough, one_pass, second_pass)
-        coupling = jnp.where(broke, jnp.zeros_like(beta), beta)
-        diag = diag.at[j].set(alpha)
-        offdiag = offdiag.at[j].set(coupling)
-        return basis, diag, offdiag, beta, q_next, q, coupling
-
-    v0 = normalise(v0)[0]
-    init = (
-        jnp.zeros((num_matvecs, num_params), dtype),
-        jnp.zeros((num_matvecs,), dtype),
-        jnp.zeros((num_matvecs,), dtype),
-        jnp.zeros((), dtype),
-        v0,
-        jnp.zeros_like(v0),
-        jnp.zeros((), dtype),
-    )
-
-    def built(carry, num_steps, with_basis=True):
-        basis, diag, offdiag, residual_norm, *_ = carry
-        # offdiag[n - 1] couples to the unbuilt vector n: it is the residual, not part of T.
-        offdiag = jnp.where(jnp.arange(num_matvecs) < num_steps - 1, offdiag, 0)
-        basis = basis if with_basis else None  # ``stop`` gets T only: no (m, P) operand
-        return Tridiagonal(basis, diag, offdiag[:-1], residual_norm, num_steps)
-
-    if stop is None:
-        carry = jax.lax.fori_loop(0, num_matvecs, step, init)
-        return built(carry, jnp.asarray(num_matvecs))
-
-    def body(state):
-        j, _, carry = state
-        carry = step(j, carry)
-        j = j + 1
-        due = (j % check_every == 0) & (j < num_matvecs)
-        tri = built(carry, j, with_basis=False)
-        done = jax.lax.cond(due, lambda: jnp.asarray(stop(tri)), lambda: False)
-        return j, done | (j >= num_matvecs), carry
-
-    num_steps, _, carry = jax.lax.while_loop(
-        lambda state: ~state[1], body, (jnp.asarray(0), jnp.asarray(False), init)
-    )
-    return built(carry, num_steps)
-
-
-def ritz_pairs(tridiagonal: Tridiagonal) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Ritz values, the eigenvectors S of T, and residual bounds ``|beta_n S[n-1, i]|``.
-
-    Returns ``(theta, S, bounds)``: theta (m,) with the n = ``num_steps`` Ritz values of
-    the built block first, ascending (the m - n entries after them belong to the unbuilt
-    rows and mean nothing), S (m, m) with the eigenvector of ``theta[i]`` in column i (Ritz
-    vector ``S[:, i] @ basis``), bounds (m,) the residual norms
-    ``||H y_i - theta_i y_i||`` (Parlett, *The Symmetric Eigenvalue Problem*, 1998).
-    """
-    d, e = tridiagonal.diag, tridiagonal.offdiag
-    (m,) = d.shape
-    n = tridiagonal.num_steps
-    # Unbuilt rows get a diagonal below every eigenvalue of the built block (Gershgorin), so
-    # that, decoupled from it, they sort first; rolling them to the end leaves the block's
-    # Ritz values first and in order. (With n = m this is the plain eigh of T.)
-    built = jnp.arange(m) < n
-    radius = jnp.abs(jnp.pad(e, (1, 0))) + jnp.abs(jnp.pad(e, (0, 1)))
-    low = jnp.min(jnp.where(built, d - radius, jnp.inf))
-    high = jnp.max(jnp.where(built, d + radius, -jnp.inf))
-    d = jnp.where(built, d, low - jnp.maximum(high - low, jnp.abs(low)) - 1)
-    T = jnp.diag(d) + jnp.diag(e, 1) + jnp.diag(e, -1)
-    finite = jnp.all(jnp.isfinite(T))
-    theta, S = jnp.linalg.eigh(jnp.where(finite, T, jnp.zeros_like(T)))
-    theta, S = jnp.roll(theta, n - m), jnp.roll(S, n - m, axis=1)
-    theta = jnp.where(finite, theta, jnp.nan)
-    bounds = jnp.abs(tridiagonal.residual_norm * S[n - 1, :])
-    return theta, S, bounds
-
-
-def gaussian_density(
-    grid: jax.Array, nodes: jax.Array, width: jax.Array, weights: jax.Array | None = None
-) -> jax.Array:
-    """Gaussian-smoothed spectral density on ``grid`` (integrates to 1).
-
-    ``phi(t) = sum_i w_i N(t; nodes_i, width^2)`` with the weights normalised to sum 1:
-    SLQ nodes and weights of shape (num_probes, m) (each probe's weights sum to 1), or
-    exact eigenvalues with ``weights=None`` (uniform), to compare with SLQ's density.
-    Lin, Saad & Yang 2016 (the Gaussian regularisation of the spectral measure).
-    """
-    nodes = jnp.reshape(nodes, (-1,))
-    if weights is None:
-        weights = jnp.ones_like(nodes)
-    weights = jnp.reshape(weights, (-1,))
-    weights = weights / jnp.sum(weights)
-    z = (grid[:, None] - nodes[None, :]) / width
-    kernel = jnp.exp(-0.5 * z**2) / (width * jnp.sqrt(2 * jnp.pi).astype(nodes.dtype))
-    return kernel @ weights
-
-
-def memory_plan(
-    *,
-    method: str,
-    num_params: int,
-    itemsize: int,
-    vector_bytes: int,
-    available_bytes: int,
-    budget_bytes: int | None = None,
-    num_matvecs: int | None = None,
-    num_probes: int | None = None,
-    num_replicas: int = 1,
-    platform: str = "cpu",
-) -> tuple[int, int]:
-    """Replicas at once and vectors per vmapped chunk that fit in memory.
-
-    The rule of the module docstring: F fixed bytes per replica, V per vector in flight
-    (``vector_bytes`` is the working memory of one Hessian-vector product), A
-    ``budget_bytes`` (the device's total memory; default ``available_bytes``, which is
-    only checked against F); b = clamp(floor(A / (4 F)), 1, R) replicas at once, rounded down
-    to a divisor of R, and c = clamp(pow2floor((A - b F) / (4 b V')), 1, vectors) per
-    chunk, where V' adds the vector's own storage; SLQ rounds c down to a divisor of
-    num_probes (dense splits the P basis vectors into equal chunks of at most c). Lanczos runs one
-    vector at a time (c = 1). On a CPU (``platform="cpu"``) Lanczos and SLQ take replicas and
-    probes one at a time (b = c = 1): batching products gains nothing there, and under vmap
-    the Lanczos kernel's rarely taken branches become selects that always run.
-
-    Raises:
-      ValueError: when one replica's fixed memory exceeds what is available.
-    """
-    P = num_params
-    if method == "dense":
-        fixed = HESSIAN_COPIES * P * P * itemsize
-        per_vector = vector_bytes + 2 * P * itemsize
-        max_vectors = P
-    elif method == "slq":
-        fixed = vector_bytes
-        per_vector = vector_bytes + (num_matvecs + 2) * P * itemsize
-        max_vectors = num_probes
-    else:
-        fixed = vector_bytes + (num_matvecs + 2) * P * itemsize
-        per_vector = 0
-        max_vectors = 1
-    if fixed > available_bytes:
-        raise ValueError(
-            f"method {method!r} needs about {fixed / 2**30:.2f} GiB for P = {P} but only "
-            f"{available_bytes / 2**30:.2f} GiB is free; use method 'lanczos' or 'slq' "
-            "(O(m P) memory), or fewer matvecs"
-        )
-    if platform == "cpu" and method != "dense":
-        return 1, 1
-    budget = available_bytes if budget_bytes is None else budget_bytes
-    # Whole chunks of replicas and probes: the map over them then compiles its body once.
-    replicas = _largest_divisor(num_replicas, max(1, int(MEMORY_FRACTION * budget // fixed)))
-    if per_vector == 0:
-        return replicas, 1
-    share = MEMORY_FRACTION * max(budget - replicas * fixed, 0) / (replicas * per_vector)
-    chunk = min(2 ** int(math.floor(math.log2(share))) if share >= 1 else 1, max_vectors)
-    if method == "slq":
-        chunk = _largest_divisor(num_probes, chunk)
-    return replicas, chunk
 
 
 def _dense_core(loss_fn, params, *, chunk_size):
@@ -589,7 +301,7 @@ def _dense_core(loss_fn, params, *, chunk_size):
     eigenvalues, eigenvectors = jnp.linalg.eigh(jnp.where(finite, H, jnp.zeros_like(H)))
     return dict(
         eigenvalues=eigenvalues,
-        min_vector=_fix_sign(eigenvectors[:, 0]),
+        min_vector=krylov.fix_sign(eigenvectors[:, 0]),
         lambda_min=eigenvalues[0],
         lambda_max=eigenvalues[-1],
         converged=jnp.asarray(True),
@@ -600,13 +312,13 @@ def _dense_core(loss_fn, params, *, chunk_size):
 def _lanczos_core(loss_fn, params, noise, tol, *, num_matvecs, num_extreme):
     matvec, _ = hessian.flat_hvp(loss_fn, params)
     v0, restart = noise
-    tri = lanczos_tridiag(matvec, v0, num_matvecs, restart_vector=restart)
-    theta, S, bounds = ritz_pairs(tri)
+    tri = krylov.lanczos_tridiag(matvec, v0, num_matvecs, restart_vector=restart)
+    theta, S, bounds = krylov.ritz_pairs(tri)
     scale = jnp.maximum(jnp.abs(theta[0]), jnp.abs(theta[-1]))
     extremes = jnp.concatenate([bounds[:num_extreme], bounds[-num_extreme:]])
     return dict(
         eigenvalues=theta,
-        min_vector=_fix_sign(_unit(S[:, 0] @ tri.basis)),
+        min_vector=krylov.fix_sign(krylov.unit(S[:, 0] @ tri.basis)),
         lambda_min=theta[0],
         lambda_max=theta[-1],
         residual_bounds=bounds,
@@ -624,10 +336,10 @@ def _slq_core(loss_fn, params, noise, tol, density_width, *, num_matvecs, chunk_
         # a probe sum to 1 and P * sum_i w_i f(theta_i) = v^T f(H) v is Hutchinson's
         # unbiased estimator of tr f(H) (Hutchinson 1990), up to the quadrature error.
         v = jnp.where(z < 0, -1.0, 1.0).astype(theta0.dtype)
-        tri = lanczos_tridiag(matvec, v, num_matvecs, restart_vector=restart)
-        theta, S, bounds = ritz_pairs(tri)
+        tri = krylov.lanczos_tridiag(matvec, v, num_matvecs, restart_vector=restart)
+        theta, S, bounds = krylov.ritz_pairs(tri)
         finite = jnp.all(jnp.isfinite(theta)) & jnp.isfinite(tri.residual_norm)
-        return theta, S[0, :] ** 2, bounds, _unit(S[:, 0] @ tri.basis), finite
+        return theta, S[0, :] ** 2, bounds, krylov.unit(S[:, 0] @ tri.basis), finite
 
     nodes, weights, bounds, min_vectors, finite = _map_in_chunks(probe, noise[:-1], chunk_size)
     best_min = jnp.argmin(nodes[:, 0])
@@ -649,13 +361,13 @@ def _slq_core(loss_fn, params, noise, tol, density_width, *, num_matvecs, chunk_
     return dict(
         eigenvalues=nodes,
         weights=weights,
-        min_vector=_fix_sign(min_vectors[best_min]),
+        min_vector=krylov.fix_sign(min_vectors[best_min]),
         lambda_min=lambda_min,
         lambda_max=lambda_max,
         residual_bounds=bounds,
         converged=converged,
         density_grid=grid,
-        density=gaussian_density(grid, jnp.where(finite, nodes, 0), density_width, weights),
+        density=krylov.gaussian_density(grid, jnp.where(finite, nodes, 0), density_width, weights),
         density_width=density_width,
         finite=finite,
     )
@@ -764,14 +476,9 @@ def _map_in_chunks(f: Callable, xs: Any, chunk: int) -> Any:
     return jax.lax.map(f, xs, batch_size=chunk if chunk > 1 else None)
 
 
-def _largest_divisor(n: int, at_most: int) -> int:
-    """The largest divisor of n that is <= at_most (and >= 1)."""
-    return max(d for d in range(1, max(1, min(n, at_most)) + 1) if n % d == 0)
-
-
-def _wanted(tri: Tridiagonal, tol, smallest, k):
+def _wanted(tri: krylov.Tridiagonal, tol, smallest, k):
     """Ritz pairs of the k wanted extremes of a (possibly partial) run, and their test."""
-    theta, S, bounds = ritz_pairs(tri)
+    theta, S, bounds = krylov.ritz_pairs(tri)
     n = tri.num_steps
     # ``smallest`` is dynamic so that both ends share one compiled program.
     idx = jnp.where(smallest, jnp.arange(k), n - 1 - jnp.arange(k))
@@ -789,11 +496,11 @@ def _eigenpairs_core(loss_fn, params, key, tol, smallest, *, k, num_matvecs, sto
         converged = lambda: jnp.all(_wanted(tri, tol, smallest, k)[3])  # noqa: E731
         return jax.lax.cond(tri.num_steps >= k, converged, lambda: jnp.asarray(False))
 
-    tri = lanczos_tridiag(
+    tri = krylov.lanczos_tridiag(
         matvec, v0, num_matvecs, restart_vector=restart, stop=stop if stop_early else None
     )
     values, S, bounds, converged = _wanted(tri, tol, smallest, k)
-    vectors = jax.vmap(lambda s: _fix_sign(_unit(s @ tri.basis)))(S.T)
+    vectors = jax.vmap(lambda s: krylov.fix_sign(krylov.unit(s @ tri.basis)))(S.T)
     vectors = jax.vmap(ravel_pytree(params)[1])(vectors)
     finite = jnp.all(jnp.isfinite(values)) & jnp.isfinite(tri.residual_norm)
     return values, vectors, bounds, converged, tri.num_steps, finite
@@ -814,14 +521,6 @@ def _trace_core(loss_fn, params, key, *, num_probes, estimator):
     # so that callers running with jax_numpy_rank_promotion="raise" can still use it.
     with jax.numpy_rank_promotion("allow"):
         return estimate(matvec, key)
-
-
-def _unit(v: jax.Array) -> jax.Array:
-    return v / jnp.linalg.norm(v)
-
-
-def _fix_sign(v: jax.Array) -> jax.Array:
-    return v * jnp.where(v[jnp.argmax(jnp.abs(v))] < 0, -1.0, 1.0).astype(v.dtype)
 
 
 _SPECTRUM_STATIC = ("method", "num_matvecs", "num_extreme", "num_probes", "chunk_size")
@@ -976,90 +675,16 @@ def _validate(loss_fn: Callable, params: Params) -> tuple[int, jnp.dtype]:
     return num_params, jnp.dtype(jnp.result_type(*leaves))
 
 
-def device_memory_bytes(which: str) -> int:
-    """The default device's ``"free"`` or ``"total"`` memory in bytes (a GPU's own memory on
-    a GPU, the host's on a CPU)."""
-    device = jax.devices()[0]
-    if device.platform != "cpu":
-        stats = device.memory_stats() or {}
-        if "bytes_limit" in stats:
-            used = stats.get("bytes_in_use", 0) if which == "free" else 0
-            return int(stats["bytes_limit"] - used)
-    key = "MemAvailable:" if which == "free" else "MemTotal:"
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith(key):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    pages = "SC_AVPHYS_PAGES" if which == "free" else "SC_PHYS_PAGES"
-    try:
-        return os.sysconf(pages) * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return FALLBACK_MEMORY_BYTES
-
-
-def _jaxpr_bytes(jaxpr) -> int:
-    total = 0
-    for eqn in jaxpr.eqns:
-        for var in eqn.outvars:
-            aval = var.aval
-            if hasattr(aval, "shape") and hasattr(aval, "dtype"):
-                total += math.prod(aval.shape) * np.dtype(aval.dtype).itemsize
-        for param in eqn.params.values():
-            inner = getattr(param, "jaxpr", param)
-            if hasattr(inner, "eqns"):
-                total += _jaxpr_bytes(inner)
-    return total
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_plan(loss_fn, treedef, avals, method, num_matvecs, num_probes, num_replicas):
-    num_params = sum(math.prod(shape) for shape, _ in avals)
-    dtype = jnp.result_type(*(d for _, d in avals))
-    shapes = jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in avals])
-    try:
-        # All intermediates of one gradient evaluation, twice (primal and tangent): an upper
-        # bound on what one more vector in a vmapped Hessian-vector product needs.
-        jaxpr = jax.make_jaxpr(jax.grad(loss_fn))(shapes)
-        vector_bytes = 2 * _jaxpr_bytes(jaxpr.jaxpr)
-    except Exception:  # a loss that cannot be traced on its own (e.g. closes over tracers)
-        vector_bytes = FALLBACK_VECTOR_BYTES_PER_PARAM * num_params * jnp.dtype(dtype).itemsize
-    return memory_plan(
-        method=method,
-        num_params=num_params,
-        itemsize=jnp.dtype(dtype).itemsize,
-        vector_bytes=vector_bytes,
-        # Free memory only decides whether it fits at all; the chunk sizes come from the
-        # device's total memory, so the same config gives the same compiled program and the
-        # same bits on the same device whatever else is running.
-        available_bytes=device_memory_bytes("free"),
-        budget_bytes=device_memory_bytes("total"),
-        num_matvecs=num_matvecs,
-        num_probes=num_probes,
-        num_replicas=num_replicas,
-        platform=jax.devices()[0].platform,
-    )
-
-
 def _plan(loss_fn, params, options: _Options, num_replicas: int) -> tuple[int, int]:
-    leaves, treedef = jax.tree.flatten(params)
-    avals = tuple((tuple(jnp.shape(x)), jnp.dtype(jnp.result_type(x))) for x in leaves)
-    replicas, chunk = _cached_plan(
+    return memory.plan(
         loss_fn,
-        treedef,
-        avals,
+        params,
         options.method,
         options.num_matvecs,
         options.num_probes,
         num_replicas,
+        chunk_size=options.chunk_size,
     )
-    if options.chunk_size is not None:
-        chunk = options.chunk_size
-        if options.method == "slq":
-            chunk = _largest_divisor(options.num_probes, chunk)
-    return replicas, chunk
 
 
 @dataclasses.dataclass(frozen=True)

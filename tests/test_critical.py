@@ -427,6 +427,26 @@ def test_escape_saddle_with_lanczos_on_an_autoencoder_saddle(x64):
         saddlestudy.escape_saddle(autoencoder()[0], saddle, shrink=1.0)
 
 
+def test_escape_saddle_with_lanczos_survives_a_krylov_breakdown(x64):
+    # H = diag(1, 1, 3, 3): any start's Krylov space is invariant after two steps, so a
+    # four-step Lanczos breaks down. Without restarts T has two spurious zero Ritz values
+    # whose Ritz vectors are zero rows: the "smallest eigenvalue" was 0 and the direction (and
+    # the params, stepped by 0 * NaN) NaN. With restarts the spectrum is found whole.
+    def loss(p):
+        return 0.5 * jnp.sum(p["a"] ** 2) + 1.5 * jnp.sum(p["b"] ** 2)
+
+    point = {"a": jnp.zeros(2), "b": jnp.zeros(2)}
+    out = saddlestudy.escape_saddle(loss, point, eigen_method="lanczos")
+    u = np.asarray(ravel_pytree(out.direction)[0])
+    assert np.all(np.isfinite(u))
+    assert float(out.eigenvalue) == pytest.approx(1.0, abs=1e-12)  # float64: to rounding
+    np.testing.assert_allclose(np.linalg.norm(u), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(u[2:], 0.0, atol=1e-12)  # an eigenvector of 1, not of 3
+    # A minimum: nothing to escape, and nothing moves.
+    assert not bool(out.escaped) and float(out.loss_decrease) == 0.0
+    np.testing.assert_array_equal(ravel_pytree(out.params)[0], np.zeros(4))
+
+
 # ----------------------------------------------------------------------------- slow
 
 

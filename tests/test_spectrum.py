@@ -8,7 +8,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import saddlestudy
-from saddlestudy import data, hessian, losses, models, spectrum
+from saddlestudy import data, hessian, krylov, losses, memory, models, spectrum
 from saddlestudy.spectrum import (
     Spectrum,
     hessian_eigenpairs,
@@ -187,7 +187,7 @@ def test_slq_on_two_clusters_recovers_their_weights_and_density(x64):
     assert float(wide.density_width) == 0.5
     np.testing.assert_allclose(
         wide.density,
-        spectrum.gaussian_density(wide.density_grid, wide.eigenvalues, 0.5, wide.weights),
+        krylov.gaussian_density(wide.density_grid, wide.eigenvalues, 0.5, wide.weights),
     )
 
 
@@ -233,7 +233,7 @@ def test_respects_input_dtype(x64, method):
 
 
 # ---------------------------------------------------------------------------------------------
-# The lecture's example and exact Lanczos breakdown
+# The lecture's example (its Lanczos breakdown: tests/test_krylov.py)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -251,73 +251,6 @@ def test_lecture_saddle_and_its_escape_direction(x64, method):
     t = 0.3
     moved = jax.tree.map(lambda p, d: p + t * d, origin, s.min_eigenvector)
     assert float(loss(moved)) == pytest.approx((1 - t**2 / 2) ** 2, rel=1e-12)
-
-
-def test_lanczos_restarts_when_started_on_an_eigenvector(x64):
-    # The Krylov space of (1, 1) is invariant: the run must restart with an orthogonal
-    # vector rather than normalise rounding noise (which gives T's eigenvalues -1 and -3).
-    H = jnp.array([[0.0, -2.0], [-2.0, 0.0]])
-    tri = spectrum.lanczos_tridiag(
-        lambda v: H @ v, jnp.array([1.0, 1.0]), 2, restart_vector=jnp.array([0.3, 0.9])
-    )
-    np.testing.assert_allclose(tri.basis @ tri.basis.T, np.eye(2), atol=1e-15)
-    assert float(tri.offdiag[0]) == 0.0  # exactly decoupled
-    theta, _, bounds = spectrum.ritz_pairs(tri)
-    np.testing.assert_allclose(theta, [-2.0, 2.0], atol=1e-15)
-    np.testing.assert_allclose(bounds, 0.0, atol=1e-15)
-
-
-def test_lanczos_agrees_with_matfree_without_breakdown(x64):
-    from matfree import decomp
-
-    rng = np.random.default_rng(3)
-    M = rng.normal(size=(30, 30))
-    A = jnp.asarray(M + M.T)
-    v0 = jnp.asarray(rng.normal(size=30))
-    ours = spectrum.lanczos_tridiag(lambda v: A @ v, v0, 12, restart_vector=v0)
-    theirs = decomp.tridiag_sym(12, reortho="full", materialize=False)(lambda v: A @ v, v0)
-    np.testing.assert_allclose(ours.diag, theirs.J_small[0], rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(ours.offdiag, theirs.J_small[1], rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(jnp.abs(ours.basis), jnp.abs(theirs.Q_tall), atol=1e-10)
-
-
-def test_blockwise_reorthogonalisation_keeps_a_full_depth_run_exact(x64):
-    # 40 > the 16-row blocks: the last block is clamped (rows 24-39) and repeats 8 rows.
-    rng = np.random.default_rng(5)
-    M = rng.normal(size=(40, 40))
-    A = jnp.asarray(M + M.T)
-    v0, r = (jnp.asarray(rng.normal(size=40)) for _ in range(2))
-    tri = spectrum.lanczos_tridiag(lambda v: A @ v, v0, 40, restart_vector=r)
-    np.testing.assert_allclose(tri.basis @ tri.basis.T, np.eye(40), atol=1e-12)
-    theta, _, _ = spectrum.ritz_pairs(tri)
-    np.testing.assert_allclose(theta, np.linalg.eigvalsh(np.asarray(A)), atol=1e-10)
-
-
-def test_a_stopped_run_equals_a_shorter_run(x64):
-    # Stopping at step n must give exactly the tridiagonal, Ritz values and bounds of a run
-    # of n steps: the unbuilt rows may not leak into the Ritz values.
-    rng = np.random.default_rng(4)
-    M = rng.normal(size=(40, 40))
-    A = jnp.asarray(M + M.T)
-    v0, r = (jnp.asarray(rng.normal(size=40)) for _ in range(2))
-    for n in (2, 6, 13):  # 13: stop is consulted at even steps only, so it stops at 14
-        stopped = spectrum.lanczos_tridiag(
-            lambda v: A @ v, v0, 30, restart_vector=r, stop=lambda t, n=n: t.num_steps >= n
-        )
-        steps = n + n % 2
-        assert int(stopped.num_steps) == steps
-        short = spectrum.lanczos_tridiag(lambda v: A @ v, v0, steps, restart_vector=r)
-        theta, S, bounds = spectrum.ritz_pairs(stopped)
-        theta_s, S_s, bounds_s = spectrum.ritz_pairs(short)
-        np.testing.assert_allclose(theta[:steps], theta_s, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(bounds[:steps], bounds_s, rtol=1e-9, atol=1e-12)
-        ritz = S[:, :steps].T @ stopped.basis  # the Ritz vectors, built rows only
-        np.testing.assert_allclose(jnp.abs(ritz), jnp.abs(S_s.T @ short.basis), atol=1e-10)
-        assert float(jnp.abs(stopped.basis[steps:]).max(initial=0.0)) == 0.0
-    never = spectrum.lanczos_tridiag(
-        lambda v: A @ v, v0, 9, restart_vector=r, stop=lambda t: jnp.asarray(False)
-    )
-    assert int(never.num_steps) == 9  # the cap ends the run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -520,18 +453,14 @@ def test_little_free_memory_maps_replicas_and_vectors_in_chunks(x64, monkeypatch
     loss, config = small_mlp_problem()
     params_R = init_replicas(config, jax.random.key(0), 3, "float64")
     everything_at_once = hessian_spectra(loss, params_R)
-    monkeypatch.setattr(spectrum, "device_memory_bytes", lambda which: 20_000)
-    spectrum._cached_plan.cache_clear()
+    monkeypatch.setattr(memory, "device_memory_bytes", lambda which: 20_000)
+    memory._cached_plan.cache_clear()
     try:
         one = jax.tree.map(lambda a: a[0], params_R)
-        unset = dict.fromkeys(
-            ["num_matvecs", "num_extreme", "tol", "num_probes", "density_width", "chunk_size"]
-        )
-        options = spectrum._resolve_options(loss, one, method="dense", zero_tol=1e-5, **unset)
-        assert spectrum._plan(loss, one, options, 3) == (1, 1)
+        assert memory.plan(loss, one, "dense", num_replicas=3) == (1, 1)
         piecewise = hessian_spectra(loss, params_R)
     finally:
-        spectrum._cached_plan.cache_clear()
+        memory._cached_plan.cache_clear()
     np.testing.assert_allclose(piecewise.eigenvalues, everything_at_once.eigenvalues, atol=1e-13)
 
 
@@ -579,43 +508,6 @@ def test_second_calls_with_the_same_loss_do_not_retrace(x64):
         moved = jax.tree.map(lambda a: a - 1.0, params)
         call(moved, jax.tree.map(lambda a: 2 * a, params_R))
         assert len(QUADRATIC_TRACES) == n
-
-
-def test_memory_plan():
-    # P = 5,000 in float64 on a CPU with 8 GiB free: one Hessian (0.6 GB) per replica.
-    replicas, chunk = spectrum.memory_plan(
-        method="dense",
-        num_params=5000,
-        itemsize=8,
-        vector_bytes=20 * 2**20,
-        available_bytes=8 * 2**30,
-        num_replicas=16,
-    )
-    assert replicas == 2 and chunk & (chunk - 1) == 0 and 1 <= chunk <= 5000  # 2 divides 16
-    assert spectrum.memory_plan(
-        method="dense", num_params=10, itemsize=8, vector_bytes=1, available_bytes=2**30
-    ) == (1, 10)
-    # SLQ: probes in flight bounded by their Krylov bases; Lanczos one vector at a time.
-    slq = dict(
-        method="slq",
-        num_params=10**6,
-        itemsize=4,
-        vector_bytes=2**20,
-        available_bytes=16 * 2**30,
-        num_matvecs=100,
-        num_probes=16,
-        num_replicas=4,
-    )
-    assert spectrum.memory_plan(**slq, platform="gpu") == (4, 2)
-    assert spectrum.memory_plan(**slq, platform="cpu") == (1, 1)  # one at a time on a CPU
-    # The plan follows the device's total memory, not what happens to be free (which is
-    # only checked against the fixed part): the same device gives the same program.
-    busy = dict(slq, available_bytes=2**30, budget_bytes=16 * 2**30)
-    assert spectrum.memory_plan(**busy, platform="gpu") == (4, 2)
-    with pytest.raises(ValueError, match="lanczos"):
-        spectrum.memory_plan(
-            method="dense", num_params=10**5, itemsize=8, vector_bytes=1, available_bytes=2**30
-        )
 
 
 # ---------------------------------------------------------------------------------------------
