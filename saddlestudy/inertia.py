@@ -13,9 +13,11 @@ Methods (what each can and cannot count):
   the Bunch-Kaufman factorisation ``H - sigma I = L D L^T`` (LAPACK ``sytrf``, about P^3 / 3
   flops, blocked) the eigenvalues of H below / above sigma are as many as the negative /
   positive eigenvalues of the block-diagonal D. Two factorisations per tolerance
-  (sigma = -tau, +tau). Memory: two P x P matrices. ``resolution`` is ``P eps ||H||_F``:
-  eigenvalues closer than that to +-tau may be counted on either side (the factorisation's
-  backward error; Higham, *Accuracy and Stability of Numerical Algorithms*, 2002, ch. 11).
+  (sigma = -tau, +tau); for many tolerances one ``eigvalsh`` is cheaper and is used instead
+  (``EIGVALSH_PER_SYTRF``, measured). Memory: two P x P matrices. ``resolution`` is
+  ``P eps ||H||_F``: eigenvalues closer than that to +-tau may be counted on either side
+  (the factorisation's backward error; Higham, *Accuracy and Stability of Numerical
+  Algorithms*, 2002, ch. 11).
   On an accelerator, where no ``sytrf`` exists in JAX, ``eigvalsh`` on the device (one call
   for every tolerance; not yet measured against alternatives).
 - ``"lanczos"``: Lanczos at the low end with deflation (locking) of converged Ritz pairs and
@@ -68,6 +70,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.linalg
 import scipy.linalg.lapack as lapack
 from jax.flatten_util import ravel_pytree
 
@@ -85,6 +88,9 @@ DEFAULT_MAX_LOCKED = 256  # Lanczos: the most locked (deflated) Ritz pairs
 
 CHECK_EVERY = 8  # Lanczos: steps between checks of the stopping rule
 EXTREME_MATVECS = 200  # cap of the Lanczos run giving lambda_min / lambda_max (dense method)
+# Time of one eigvalsh over one sytrf factorisation of the same matrix on a CPU (measured:
+# BENCHMARKS.md, benchmarks/inertia_counts.py): more factorisations than this, one eigvalsh.
+EIGVALSH_PER_SYTRF = 5.7
 DENSE_MEMORY_FRACTION = 0.5  # "auto": dense when two P x P matrices fit this share of memory
 # Kuczynski & Wozniakowski 1992, Thm 4.2(a): P(relative error >= eps) <= KW * sqrt(n) *
 # exp(-(2k - 1) sqrt(eps)) for k products after the start vector.
@@ -249,11 +255,16 @@ def dense_counts(
 ) -> list[tuple[int, int, int]]:
     """Exact ``(#{< -tau}, #{|.| <= tau}, #{> tau})`` of a symmetric matrix for each tau.
 
-    On a CPU by two ``sytrf`` factorisations per tau (:func:`ldl_inertia`); on an
-    accelerator by one ``eigvalsh`` on the device for all of them.
+    On a CPU by two ``sytrf`` factorisations per tau (:func:`ldl_inertia`) while they cost
+    less than one ``eigvalsh`` (``2 len(taus) < EIGVALSH_PER_SYTRF``), else by one
+    ``eigvalsh`` for all of them; on an accelerator by one ``eigvalsh`` on the device.
     """
-    if isinstance(matrix, jax.Array) and matrix.devices().pop().platform != "cpu":
-        eigenvalues = np.asarray(jnp.linalg.eigvalsh(0.5 * (matrix + matrix.T)))
+    on_device = isinstance(matrix, jax.Array) and matrix.devices().pop().platform != "cpu"
+    if on_device or 2 * len(taus) >= EIGVALSH_PER_SYTRF:
+        if on_device:
+            eigenvalues = np.asarray(jnp.linalg.eigvalsh(0.5 * (matrix + matrix.T)))
+        else:
+            eigenvalues = scipy.linalg.eigvalsh(np.asarray(matrix), check_finite=False)
         return [
             (
                 int(np.sum(eigenvalues < -t)),
@@ -666,23 +677,26 @@ def hessian_inertia(
     max_locked = spectrum_lib._check_int("max_locked", max_locked, 1)
     num_params, dtype = spectrum_lib._validate(loss_fn, params)
     itemsize = jnp.dtype(dtype).itemsize
+    escalate = method == "auto" and not dense_fits(num_params, itemsize)
     if method == "auto":
-        method = "dense" if dense_fits(num_params, itemsize) else "lanczos"
-        escalate = method == "lanczos"
-    else:
-        escalate = False
+        method = "lanczos" if escalate else "dense"
+    elif method == "dense" and not dense_fits(num_params, itemsize):
+        need = 2 * num_params**2 * itemsize / 2**30
+        raise ValueError(
+            f"a dense inertia at P = {num_params} needs about {need:.1f} GiB, more than fits; "
+            "use method 'lanczos' or 'slq'"
+        )
     if method != "dense" and num_params < 2:
         raise ValueError(f"method {method!r} needs at least 2 parameters, got P = {num_params}")
     key = jax.random.key(0) if key is None else key
     k_extremes, k_method = jax.random.split(key)
-    extreme_cap = min(num_params, EXTREME_MATVECS) if num_params >= 2 else None
 
     if num_params >= 2:
-        low, high, extreme_matvecs = _extremes(loss_fn, params, k_extremes, extreme_cap)
+        cap = min(num_params, EXTREME_MATVECS)
+        low, high, extreme_matvecs = _extremes(loss_fn, params, k_extremes, cap)
     else:  # P = 1: the Hessian is its own eigenvalue
         h = float(np.asarray(hessian.dense_hessian(loss_fn, params))[0, 0])
-        ones = jax.tree.map(jnp.ones_like, params)
-        low, high, extreme_matvecs = (h, 0.0, ones), (h, 0.0), 1
+        low, high, extreme_matvecs = (h, 0.0, jax.tree.map(jnp.ones_like, params)), (h, 0.0), 1
     if not (math.isfinite(low[0]) and math.isfinite(high[0])):
         raise spectrum_lib._non_finite_error("at these parameters")
     taus = absolute + [r * high[0] for r in relative]
@@ -691,9 +705,6 @@ def hessian_inertia(
             f"relative_tol needs lambda_max > 0 to give a positive threshold; lambda_max is "
             f"{high[0]:.3g}"
         )
-    rel_of = [None] * len(absolute) + list(relative)
-    eps = float(jnp.finfo(dtype).eps)
-
     common = dict(
         lambda_min=low[0],
         lambda_max=high[0],
@@ -701,117 +712,143 @@ def hessian_inertia(
         lambda_max_residual=high[1],
         min_eigenvector=low[2],
         num_params=num_params,
-        failure_prob=failure_prob,
     )
-    results: list[Inertia] = []
     if method == "dense":
-        if not dense_fits(num_params, itemsize):
-            need = 2 * num_params**2 * itemsize / 2**30
-            raise ValueError(
-                f"a dense inertia at P = {num_params} needs about {need:.1f} GiB, more than "
-                "fits; use method 'lanczos' or 'slq'"
-            )
-        chunk = chunk_size or memory.plan(loss_fn, params, "dense", None, None, 1)[1]
-        H = _dense_jit(loss_fn, params, chunk_size=chunk)
-        if not bool(jnp.all(jnp.isfinite(H))):
-            raise spectrum_lib._non_finite_error("at these parameters")
-        resolution = num_params * eps * float(jnp.linalg.norm(H))
-        counts = dense_counts(H, taus)
-        del H
-        for tau, rel, (neg, zero, pos) in zip(taus, rel_of, counts):
-            results.append(
-                Inertia(
-                    num_negative=neg,
-                    num_zero=zero,
-                    num_positive=pos,
-                    index=neg / num_params,
-                    minimum_ratio=pos / num_params,
-                    num_negative_lo=neg,
-                    num_negative_hi=neg,
-                    exact=True,
-                    index_sem=0.0,
-                    index_bias_bound=0.0,
-                    resolution=resolution,
-                    num_matvecs=num_params + extreme_matvecs,
-                    zero_tol=tau,
-                    relative_tol=rel,
-                    method="dense",
-                    **{**common, "failure_prob": 0.0},
-                )
-            )
+        records = _dense_records(loss_fn, params, taus, chunk_size, float(jnp.finfo(dtype).eps))
     else:
-        lanczos_state = None
-        if method == "lanczos":
-            tol = math.sqrt(eps)
-            lanczos_state = _deflated_lanczos(
-                loss_fn,
-                params,
-                k_method,
-                taus=taus,
-                tol=tol,
+        records = _matrix_free_records(
+            loss_fn,
+            params,
+            k_method,
+            taus,
+            method=method,
+            escalate=escalate,
+            tol=math.sqrt(float(jnp.finfo(dtype).eps)),
+            failure_prob=failure_prob,
+            max_matvecs=max_matvecs,
+            max_locked=max_locked,
+            num_probes=num_probes,
+            num_slq_matvecs=num_slq_matvecs,
+        )
+    relative_of = [None] * len(absolute) + list(relative)
+    results = tuple(
+        Inertia(
+            **{**record, "num_matvecs": record["num_matvecs"] + extreme_matvecs},
+            zero_tol=tau,
+            relative_tol=rel,
+            **common,
+        )  # fmt: skip
+        for tau, rel, record in zip(taus, relative_of, records)
+    )
+    return results[0] if len(results) == 1 else results
+
+
+def _dense_records(loss_fn, params, taus, chunk_size, eps) -> list[dict]:
+    """Exact counts from the dense Hessian (two P x P matrices of memory)."""
+    P = sum(math.prod(jnp.shape(x)) for x in jax.tree.leaves(params))
+    chunk = chunk_size or memory.plan(loss_fn, params, "dense")[1]
+    H = _dense_jit(loss_fn, params, chunk_size=chunk)
+    if not bool(jnp.all(jnp.isfinite(H))):
+        raise spectrum_lib._non_finite_error("at these parameters")
+    resolution = P * eps * float(jnp.linalg.norm(H))
+    counts = dense_counts(H, taus)
+    del H
+    return [
+        dict(
+            num_negative=neg,
+            num_zero=zero,
+            num_positive=pos,
+            index=neg / P,
+            minimum_ratio=pos / P,
+            num_negative_lo=neg,
+            num_negative_hi=neg,
+            exact=True,
+            index_sem=0.0,
+            index_bias_bound=0.0,
+            resolution=resolution,
+            num_matvecs=P,
+            method="dense",
+            failure_prob=0.0,
+        )
+        for neg, zero, pos in counts
+    ]
+
+
+def _matrix_free_records(
+    loss_fn,
+    params,
+    key,
+    taus,
+    *,
+    method,
+    escalate,
+    tol,
+    failure_prob,
+    max_matvecs,
+    max_locked,
+    num_probes,
+    num_slq_matvecs,
+) -> list[dict]:
+    """Bounds (and, where they meet, counts) from deflated Lanczos and/or SLQ."""
+    P = sum(math.prod(jnp.shape(x)) for x in jax.tree.leaves(params))
+    bounds = [(0, P, math.inf)] * len(taus)
+    used = 0
+    if method == "lanczos":
+        state = _deflated_lanczos(
+            loss_fn,
+            params,
+            key,
+            taus=taus,
+            tol=tol,
+            failure_prob=failure_prob,
+            max_matvecs=max_matvecs,
+            max_locked=max_locked,
+        )
+        bounds = [_lanczos_bounds(state, t, P, failure_prob) for t in taus]
+        used = state.num_matvecs
+    slq = None
+    if method == "slq" or (escalate and any(lo != hi for lo, hi, _ in bounds)):
+        slq = spectrum_lib.hessian_spectrum(
+            loss_fn,
+            params,
+            method="slq",
+            num_probes=num_probes,
+            num_matvecs=num_slq_matvecs,
+            key=key,
+        )
+        used += slq.num_probes * slq.num_matvecs
+        nodes, weights = np.asarray(slq.eigenvalues), np.asarray(slq.weights)
+    name = {"lanczos": "lanczos", "slq": "slq"}[method] + ("+slq" if escalate and slq else "")
+    records = []
+    for tau, (lo, hi, resolution) in zip(taus, bounds):
+        estimate = sem = bias = math.nan
+        if slq is not None:
+            counted = slq.with_zero_tol(tau)
+            s_lo, s_hi = _slq_bounds(nodes, weights, tau, P, failure_prob)
+            lo, hi = max(lo, s_lo), min(hi, s_hi)
+            estimate = float(counted.num_negative)
+            sem, bias = float(counted.index_sem), float(counted.index_bias_bound)
+            resolution = min(resolution, float(np.ptp(nodes)) / slq.num_matvecs)
+        exact = lo == hi
+        records.append(
+            dict(
+                num_negative=int(lo) if exact else estimate,
+                num_zero=math.nan,
+                num_positive=math.nan,
+                index=(lo if exact else estimate) / P,
+                minimum_ratio=math.nan,
+                num_negative_lo=int(lo),
+                num_negative_hi=int(hi),
+                exact=bool(exact),
+                index_sem=0.0 if exact or slq is None else sem,
+                index_bias_bound=0.0 if exact or slq is None else bias,
+                resolution=float(resolution),
+                num_matvecs=int(used),
+                method=name,
                 failure_prob=failure_prob,
-                max_matvecs=max_matvecs,
-                max_locked=max_locked,
             )
-            bounds = [_lanczos_bounds(lanczos_state, t, num_params, failure_prob) for t in taus]
-        need_slq = method == "slq" or (escalate and any(lo != hi for lo, hi, _ in bounds))
-        slq = None
-        if need_slq:
-            slq = spectrum_lib.hessian_spectrum(
-                loss_fn,
-                params,
-                method="slq",
-                num_probes=num_probes,
-                num_matvecs=num_slq_matvecs,
-                key=k_method,
-            )
-        for i, (tau, rel) in enumerate(zip(taus, rel_of)):
-            lo, hi, res = bounds[i] if lanczos_state is not None else (0, num_params, math.inf)
-            used = lanczos_state.num_matvecs if lanczos_state is not None else 0
-            sem = bias = 0.0
-            estimate = math.nan
-            name = "lanczos"
-            if slq is not None:
-                counted = slq.with_zero_tol(tau)
-                nodes, weights = np.asarray(slq.eigenvalues), np.asarray(slq.weights)
-                s_lo, s_hi = _slq_bounds(nodes, weights, tau, num_params, failure_prob)
-                lo, hi = max(lo, s_lo), min(hi, s_hi)
-                estimate = float(counted.num_negative)
-                sem = float(counted.index_sem)
-                bias = float(counted.index_bias_bound)
-                used += slq.num_probes * slq.num_matvecs
-                spread = float(np.max(nodes) - np.min(nodes))
-                res = min(res, spread / slq.num_matvecs)
-                name = "slq" if lanczos_state is None else "lanczos+slq"
-            exact = lo == hi
-            if exact:
-                neg = lo
-                index = lo / num_params
-                sem = bias = 0.0
-            else:
-                neg = estimate
-                index = estimate / num_params
-            results.append(
-                Inertia(
-                    num_negative=neg,
-                    num_zero=math.nan,
-                    num_positive=math.nan,
-                    index=index,
-                    minimum_ratio=math.nan,
-                    num_negative_lo=int(lo),
-                    num_negative_hi=int(hi),
-                    exact=bool(exact),
-                    index_sem=sem,
-                    index_bias_bound=bias,
-                    resolution=float(res),
-                    num_matvecs=int(used + extreme_matvecs),
-                    zero_tol=tau,
-                    relative_tol=rel,
-                    method=name,
-                    **common,
-                )
-            )
-    return results[0] if len(results) == 1 else tuple(results)
+        )
+    return records
 
 
 def _dense_hessian(loss_fn, params, *, chunk_size):

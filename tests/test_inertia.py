@@ -238,8 +238,12 @@ TAUS = (1e-8, 1e-6, 1e-5, 1e-4, 1e-3)
 
 def test_dense_inertia_matches_eigvalsh_on_a_trained_mlp(x64):
     loss, params, reference = trained_mlp()
+    # Five thresholds at once take one eigvalsh; one at a time, two sytrf factorisations each.
     results = ss.hessian_inertia(loss, params, zero_tol=TAUS, method="dense")
     assert len(results) == len(TAUS)
+    single = [ss.hessian_inertia(loss, params, zero_tol=t, method="dense") for t in TAUS]
+    assert [r.num_negative for r in single] == [r.num_negative for r in results]
+    assert [r.num_positive for r in single] == [r.num_positive for r in results]
     assert np.sum(reference < -1e-5) > 0  # a saddle: the test counts something
     for tau, r in zip(TAUS, results):
         assert r.zero_tol == tau
