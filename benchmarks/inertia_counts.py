@@ -61,6 +61,12 @@ def digits_mlp(widths, samples, steps):
     return loss, run(params), config.num_params
 
 
+def signs(eigenvalues, tau):
+    """(#{< -tau}, #{|.| <= tau}, #{> tau})."""
+    e = eigenvalues
+    return int(np.sum(e < -tau)), int(np.sum(np.abs(e) <= tau)), int(np.sum(e > tau))
+
+
 def part_dense(args):
     loss, params, P = digits_mlp((args.dense_width,) * 2, args.samples, args.train_steps)
     print(f"dense: digits tanh MLP 64-{args.dense_width}-{args.dense_width}-10, P = {P}, "
@@ -79,12 +85,10 @@ def part_dense(args):
         counts["sytrf x2"] = c
         e, t = timed(lambda: np.linalg.eigvalsh(H))
         rows["numpy eigvalsh"].append(t)
-        counts["numpy eigvalsh"] = (int(np.sum(e < -tau)), int(np.sum(np.abs(e) <= tau)),
-                                    int(np.sum(e > tau)))  # fmt: skip
+        counts["numpy eigvalsh"] = signs(e, tau)
         e, t = timed(lambda: scipy.linalg.eigvalsh(H, driver="evr", check_finite=False))
         rows["scipy eigvalsh (syevr)"].append(t)
-        counts["scipy eigvalsh (syevr)"] = (int(np.sum(e < -tau)),
-                                            int(np.sum(np.abs(e) <= tau)), int(np.sum(e > tau)))  # fmt: skip
+        counts["scipy eigvalsh (syevr)"] = signs(e, tau)
     base = np.median(rows["sytrf x2"])
     for name, ts in rows.items():
         med = float(np.median(ts))
