@@ -12,7 +12,8 @@
   deflated Lanczos at tau = 0.1: the number of products, exactness, wall time.
 - ``mlp``: the peer benchmark's point, a digits tanh MLP 64-192-192-10 (P = 51,466) after
   ``--train-steps`` Adam steps in float64: the count below -1e-3 * lambda_max by deflated
-  Lanczos, its bounds, the products and wall time.
+  Lanczos (``--max-matvecs``, ``--max-locked``) then SLQ, its bounds, the products and wall
+  time.
 """
 
 from __future__ import annotations
@@ -134,13 +135,20 @@ def part_mlp(args):
           f"{args.train_steps} Adam steps (lr 1e-3), float64")  # fmt: skip
     r, t = timed(
         lambda: inertia.hessian_inertia(
-            loss, params, relative_tol=1e-3, method="lanczos", max_matvecs=args.max_matvecs
+            loss,
+            params,
+            relative_tol=1e-3,
+            method="lanczos+slq",
+            max_matvecs=args.max_matvecs,
+            max_locked=args.max_locked,
         )
     )
     print(f"  tau = 1e-3 * lambda_max = {r.zero_tol:.3e} (lambda_max {r.lambda_max:.4g}, "
           f"lambda_min {r.lambda_min:.4g}): lo {r.num_negative_lo} hi {r.num_negative_hi} "
           f"exact {r.exact}, failure prob {r.failure_prob}, {r.num_matvecs} HVPs, "
-          f"resolution {r.resolution:.2e}, {t:.1f} s")  # fmt: skip
+          f"resolution {r.resolution:.2e}, {t:.1f} s; method {r.method}, SLQ estimate "
+          f"{r.num_negative if not r.exact else '-'} +- {r.index_sem * P:.0f} (sem) "
+          f"+- {r.index_bias_bound * P:.0f} (bias bound)")  # fmt: skip
 
 
 def main(argv=None):
@@ -152,6 +160,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--max-matvecs", type=int, default=3000)
+    parser.add_argument("--max-locked", type=int, default=256)
     args = parser.parse_args(argv)
     print(f"# benchmarks/inertia_counts.py {datetime.date.today()}; {machine()}")
     for name, fn in (("lanczos", part_lanczos), ("mlp", part_mlp), ("dense", part_dense)):

@@ -40,7 +40,14 @@ print(f"{len(df)} points in {study_dir}; columns include:", ", ".join(df.columns
 # %%
 print(df.groupby(["num_params", "status"], observed=True).size().unstack(fill_value=0))
 
+# %% [markdown]
+# Each point is classified from the bounds the sweep stored on its number of negative
+# eigenvalues: a minimum only when none is certified below -1e-5, a saddle when one is, and
+# undetermined when the bounds straddle 0 (only where the counts are not exact).
+
 # %%
+df["kind"] = analysis.classify(df)
+print(df[df["status"] == "converged"].groupby("num_params")["kind"].value_counts().unstack())
 minima = analysis.fraction_minima(df)
 print(
     minima[
@@ -52,6 +59,7 @@ print(
             "fraction_minima",
             "ci_low",
             "ci_high",
+            "fraction_undetermined",
         ]
     ]
 )
@@ -62,7 +70,8 @@ print(index[["num_params", "num_converged", "median_index", "ci_low", "ci_high",
 
 # %% [markdown]
 # A custom figure: the smallest Hessian eigenvalue of every converged point against its loss,
-# from the stored columns, and one full spectrum read back from the store.
+# from the stored columns, and one full spectrum read back from the store (stored only where
+# all P eigenvalues were computed: `spectrum_method == "eigh"`).
 
 # %%
 conv = df[df["status"] == "converged"]
@@ -71,9 +80,12 @@ sc = left.scatter(conv["loss"], conv["lambda_min"], c=conv["num_params"], cmap="
 left.set_xlabel("loss")
 left.set_ylabel("λ_min")
 fig.colorbar(sc, ax=left, label="P")
-row = conv.sort_values("loss").iloc[0] if len(conv) else df.iloc[0]
-eig = store.load_spectrum(study_dir.parent, study_dir.name, row["row_id"])["eigenvalues"]
-right.hist(eig, bins=50)
-right.set_yscale("log")
+full = df[df["spectrum_method"] == "eigh"] if "spectrum_method" in df else df
+pick = conv[conv["row_id"].isin(full["row_id"])]
+row = pick.sort_values("loss").iloc[0] if len(pick) else df.iloc[0]
+eig = store.load_spectrum(study_dir.parent, study_dir.name, row["row_id"]).get("eigenvalues")
+if eig is not None:
+    right.hist(eig, bins=50)
+    right.set_yscale("log")
 right.set_xlabel(f"eigenvalues at {row['row_id']} (P = {row['num_params']})")
 print("lowest-loss converged point:", row["row_id"], "loss", row["loss"], "index", row["index"])

@@ -6,7 +6,13 @@ point to the finder's tolerance), ``"gradient_flat"`` (the finder stalled where 
 lies in the Hessian's near-kernel; Frye et al. 2021) and ``"not_converged"``. Aggregates over
 critical points use converged points only and report how many of each status were left out.
 
-A point is a **minimum** when it has no eigenvalue below ``-zero_tol`` (shared/SCIENCE.md §1).
+Every point is classified by :func:`classify` at a tolerance tau (shared/SCIENCE.md §1, §6): a
+**minimum** only when it is certified to have no eigenvalue below ``-tau`` (the stored upper
+bound ``num_negative_hi@tau`` is 0: certain for dense counts, with probability at least
+``1 - failure_prob`` for matrix-free ones), a **saddle** when at least one is certified
+(``num_negative_lo@tau > 0``), and **undetermined** when the bounds straddle 0. Indices
+(``num_negative / P``) are taken only where the count is exact; a missing count is never read
+as 0.
 """
 
 from __future__ import annotations
@@ -42,9 +48,47 @@ def with_status(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(status=pd.Categorical(status, ["converged", "gradient_flat", "not_converged"]))
 
 
-def tol_column(kind: str, zero_tol: float) -> str:
-    """The stored column of a count at a zero tolerance, e.g. ``num_negative@1e-5``."""
-    return f"{kind}@{zero_tol:.0e}".replace("e-0", "e-").replace("e+0", "e+")
+def tol_column(kind: str, zero_tol: float, *, relative: bool = False) -> str:
+    """The stored column of a count at a zero tolerance, e.g. ``num_negative@1e-5``, or at a
+    relative one (tau = c lambda_max), e.g. ``num_negative@rel1e-3``."""
+    name = f"{zero_tol:.0e}".replace("e-0", "e-").replace("e+0", "e+")
+    return f"{kind}@{'rel' if relative else ''}{name}"
+
+
+CLASSES = ("minimum", "saddle", "undetermined")
+
+
+def negative_bounds(
+    df: pd.DataFrame, zero_tol: float = DEFAULT_ZERO_TOL, *, relative: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the lower and upper bounds on the number of eigenvalues below ``-zero_tol``
+    (floats; NaN where nothing is known). Results from before the bounds were stored give
+    lo = hi = ``num_negative`` where it exists (those counts were dense, exact)."""
+    count = tol_column("num_negative", zero_tol, relative=relative)
+    lo_col = tol_column("num_negative_lo", zero_tol, relative=relative)
+    hi_col = tol_column("num_negative_hi", zero_tol, relative=relative)
+    if count not in df and lo_col not in df:
+        stored = sorted(c.split("@", 1)[1] for c in df.columns if c.startswith("num_negative@"))
+        raise KeyError(f"no counts at {count.split('@', 1)[1]}; this study has {stored}")
+    neg = df[count].to_numpy(float) if count in df else np.full(len(df), np.nan)
+    lo = df[lo_col].to_numpy(float) if lo_col in df else neg
+    hi = df[hi_col].to_numpy(float) if hi_col in df else neg
+    # Rows of an older part without bounds, beside newer parts in one study.
+    return np.where(np.isnan(lo), neg, lo), np.where(np.isnan(hi), neg, hi)
+
+
+def classify(
+    df: pd.DataFrame, zero_tol: float = DEFAULT_ZERO_TOL, *, relative: bool = False
+) -> pd.Series:
+    """Per row: ``"minimum"`` (no eigenvalue below ``-zero_tol``: ``num_negative_hi == 0``),
+    ``"saddle"`` (``num_negative_lo > 0``) or ``"undetermined"`` (the bounds straddle 0, or
+    nothing is known). With ``relative``, at tau = ``zero_tol`` lambda_max (``@rel`` columns).
+    """
+    lo, hi = negative_bounds(df, zero_tol, relative=relative)
+    kind = np.full(len(df), "undetermined", dtype=object)
+    kind[hi == 0] = "minimum"
+    kind[lo > 0] = "saddle"
+    return pd.Series(pd.Categorical(kind, CLASSES), index=df.index, name="kind")
 
 
 def bootstrap_ci(
@@ -81,11 +125,8 @@ def _counts(group: pd.DataFrame) -> dict[str, int]:
     }
 
 
-def _is_minimum(df: pd.DataFrame, zero_tol: float) -> np.ndarray:
-    return (df[tol_column("num_negative", zero_tol)] == 0).to_numpy()
-
-
 def _index(df: pd.DataFrame, zero_tol: float) -> np.ndarray:
+    """num_negative / P where the count is exact, NaN elsewhere (never 0 for a missing count)."""
     return (df[tol_column("num_negative", zero_tol)] / df["num_params"]).to_numpy(float)
 
 
@@ -96,41 +137,52 @@ def _minimum_ratio(df: pd.DataFrame, zero_tol: float) -> np.ndarray:
 def fraction_minima(
     df: pd.DataFrame, by: Sequence[str] = ARCH, *, zero_tol: float = DEFAULT_ZERO_TOL
 ) -> pd.DataFrame:
-    """Fraction of minima among converged critical points per group, with a 95% CI."""
+    """Fraction of (certified) minima among converged critical points per group, with a 95%
+    CI, and the fraction :func:`classify` leaves undetermined (the true fraction of minima lies
+    between ``fraction_minima`` and ``fraction_minima + fraction_undetermined``)."""
     out = []
     for key, group in df.groupby(list(by), observed=True, sort=True):
         conv = group[group["status"] == "converged"]
-        est, lo, hi = bootstrap_ci(_is_minimum(conv, zero_tol).astype(float))
-        minima = int(_is_minimum(conv, zero_tol).sum())
+        kind = classify(conv, zero_tol).to_numpy()
+        est, lo, hi = bootstrap_ci((kind == "minimum").astype(float))
+        undetermined = int((kind == "undetermined").sum())
         out.append(
-            _row(by, key, group, num_minima=minima, fraction_minima=est, ci_low=lo, ci_high=hi)
-        )
+            _row(by, key, group, num_minima=int((kind == "minimum").sum()),
+                 num_undetermined=undetermined, fraction_minima=est, ci_low=lo, ci_high=hi,
+                 fraction_undetermined=undetermined / len(conv) if len(conv) else math.nan)
+        )  # fmt: skip
     return pd.DataFrame(out)
 
 
 def index_summary(
     df: pd.DataFrame, by: Sequence[str] = ARCH, *, zero_tol: float = DEFAULT_ZERO_TOL
 ) -> pd.DataFrame:
-    """Median index of converged points per group with a 95% CI, and counts per status."""
+    """Median index of the converged points with an exact count (``num_exact`` of them) per
+    group with a 95% CI, and counts per status."""
     out = []
     for key, group in df.groupby(list(by), observed=True, sort=True):
         conv = group[group["status"] == "converged"]
-        est, lo, hi = bootstrap_ci(_index(conv, zero_tol), np.median)
+        index = _index(conv, zero_tol)
+        index = index[np.isfinite(index)]
+        est, lo, hi = bootstrap_ci(index, np.median)
         median_loss = float(conv["loss"].median()) if len(conv) else math.nan
         out.append(
-            _row(by, key, group, median_index=est, ci_low=lo, ci_high=hi, median_loss=median_loss)
-        )
+            _row(by, key, group, num_exact=index.size, median_index=est, ci_low=lo, ci_high=hi,
+                 median_loss=median_loss)
+        )  # fmt: skip
     return pd.DataFrame(out)
 
 
 def index_vs_loss(
     df: pd.DataFrame, by: Sequence[str] = ARCH, *, zero_tol: float = DEFAULT_ZERO_TOL
 ) -> pd.DataFrame:
-    """Spearman rank correlation of index with loss per group (converged points), with CI."""
+    """Spearman rank correlation of index with loss per group (converged points with an
+    exact count), with CI."""
     out = []
     for key, group in df.groupby(list(by), observed=True, sort=True):
         conv = group[group["status"] == "converged"]
         pairs = np.column_stack([conv["loss"].to_numpy(float), _index(conv, zero_tol)])
+        pairs = pairs[np.isfinite(pairs[:, 1])]
 
         def rho(rows, pairs=pairs):
             sample = pairs[rows.astype(int)]
@@ -138,11 +190,13 @@ def index_vs_loss(
                 return math.nan
             return stats.spearmanr(sample[:, 0], sample[:, 1]).statistic
 
-        if len(conv) >= 3:
-            est, lo, hi = bootstrap_ci(np.arange(len(conv)), rho, num_resamples=500)
+        if len(pairs) >= 3:
+            est, lo, hi = bootstrap_ci(np.arange(len(pairs)), rho, num_resamples=500)
         else:
             est = lo = hi = math.nan
-        out.append(_row(by, key, group, spearman_rho=est, ci_low=lo, ci_high=hi))
+        out.append(
+            _row(by, key, group, num_exact=len(pairs), spearman_rho=est, ci_low=lo, ci_high=hi)
+        )
     return pd.DataFrame(out)
 
 
@@ -153,7 +207,8 @@ def index_at_loss_quantiles(
     *,
     zero_tol: float = DEFAULT_ZERO_TOL,
 ) -> pd.DataFrame:
-    """Index of converged points near matched loss quantiles (pooled over the study).
+    """Index of converged points (exact counts) near matched loss quantiles (pooled over the
+    study).
 
     The loss quantiles are taken over all converged points of the study, so every group is
     compared at the same losses; within a group, the points whose loss lies in the band
@@ -169,7 +224,7 @@ def index_at_loss_quantiles(
         idx = _index(group, zero_tol)
         loss = group["loss"].to_numpy(float)
         for j, level in enumerate(q):
-            band = (loss >= edges[j]) & (loss < edges[j + 1])
+            band = (loss >= edges[j]) & (loss < edges[j + 1]) & np.isfinite(idx)
             est, lo, hi = bootstrap_ci(idx[band])
             key = key if isinstance(key, tuple) else (key,)
             out.append({**dict(zip(by, key)), "quantile": quantiles[j],
@@ -179,7 +234,8 @@ def index_at_loss_quantiles(
 
 
 def minimum_ratio_vs_loss(df: pd.DataFrame, *, zero_tol: float = DEFAULT_ZERO_TOL) -> pd.DataFrame:
-    """Per point: loss, minimum ratio and status (the lecture's scatter plot)."""
+    """Per point: loss, minimum ratio (NaN where the count is not exact) and status (the
+    lecture's scatter plot)."""
     return pd.DataFrame({
         "loss": df["loss"].to_numpy(float),
         "minimum_ratio": _minimum_ratio(df, zero_tol),
@@ -189,13 +245,17 @@ def minimum_ratio_vs_loss(df: pd.DataFrame, *, zero_tol: float = DEFAULT_ZERO_TO
 
 
 def optimizer_summary(df: pd.DataFrame, *, zero_tol: float = DEFAULT_ZERO_TOL) -> pd.DataFrame:
-    """Where each optimizer stalls: training loss, statuses, minima and index at end points."""
+    """Where each optimizer stalls: training loss, statuses, (certified) minima, undetermined
+    points and the median exact index at end points."""
     ends = df[df["start_kind"] == "end"]
     out = []
     for (name, P), group in ends.groupby(["optimizer", "num_params"], observed=True, sort=True):
         conv = group[group["status"] == "converged"]
-        frac, lo, hi = bootstrap_ci(_is_minimum(conv, zero_tol).astype(float))
-        median_index = float(np.median(_index(conv, zero_tol))) if len(conv) else math.nan
+        kind = classify(conv, zero_tol).to_numpy()
+        frac, lo, hi = bootstrap_ci((kind == "minimum").astype(float))
+        undetermined = float(np.mean(kind == "undetermined")) if len(conv) else math.nan
+        index = _index(conv, zero_tol)
+        index = index[np.isfinite(index)]
         out.append(
             _row(
                 ["optimizer", "num_params"],
@@ -205,7 +265,8 @@ def optimizer_summary(df: pd.DataFrame, *, zero_tol: float = DEFAULT_ZERO_TOL) -
                 fraction_minima=frac,
                 ci_low=lo,
                 ci_high=hi,
-                median_index=median_index,
+                fraction_undetermined=undetermined,
+                median_index=float(np.median(index)) if index.size else math.nan,
             )  # fmt: skip
         )
     return pd.DataFrame(out)
@@ -342,12 +403,12 @@ def exact_matches(
     df: pd.DataFrame, reference: pd.DataFrame, *, zero_tol: float = DEFAULT_ZERO_TOL
 ) -> np.ndarray:
     """Per row: whether its loss (to 1e-6) and number of negative eigenvalues are those of
-    one of the exact critical points in ``reference``."""
+    one of the exact critical points in ``reference`` (False where the count is not exact)."""
     exact = set(zip(np.round(reference["loss"], 6), reference["num_negative"]))
     return np.array(
         [
-            (round(float(loss), 6), int(neg)) in exact
-            for loss, neg in zip(df["loss"], df[tol_column("num_negative", zero_tol)])
+            not math.isnan(neg) and (round(float(loss), 6), int(neg)) in exact
+            for loss, neg in zip(df["loss"], df[tol_column("num_negative", zero_tol)].astype(float))
         ],
         dtype=bool,
     )

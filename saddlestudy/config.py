@@ -41,11 +41,19 @@ max_iters = 100
 batching = "auto"           # "map": starts one by one (each stops when done), "vmap": in
                             # lockstep; "auto": map on a CPU, vmap on an accelerator
 
-[spectrum]
-dense_max_params = 2000     # dense spectra up to this P, the large method beyond
-large_method = "lanczos"    # "lanczos" or "slq"
-num_matvecs = 64
-zero_tols = [1e-8, 1e-6, 1e-5, 1e-4]
+[spectrum]                  # the Hessian at every point (shared/SCIENCE.md §1, §6)
+full_spectrum_max_params = 2000  # up to this P: all P eigenvalues (eigh), stored; exact counts
+method = "auto"             # above it, the counts of saddlestudy.inertia.hessian_inertia:
+                            # "auto" (exact "dense" LDL^T while two P x P matrices fit half the
+                            # memory, else "lanczos", adding "slq" where Lanczos is not exact),
+                            # "dense", "lanczos" or "slq"
+dense_max_params = 0        # a cap: no dense Hessian above this P, "auto" counts matrix-free
+                            # (0: no cap but memory); `--dry-run` shows each cell's method
+zero_tols = [1e-8, 1e-6, 1e-5, 1e-4]  # counts below -tau, |.| <= tau, above tau at each tau
+relative_tols = [1e-3]      # and at each tau = c * lambda_max (what matrix-free methods resolve)
+num_matvecs = 64            # SLQ: Krylov depth per probe (capped at P)
+max_matvecs = 3000          # Lanczos: the most Hessian-vector products per point
+failure_prob = 1e-3         # matrix-free: the chance that an upper bound on a count fails
 
 [figures]                   # how python -m saddlestudy.figures draws it (not hashed: editing
 cutoffs = [1e-10, 1e-6]     # it keeps the results); |grad L|^2 cutoffs of the panels
@@ -64,17 +72,23 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from saddlestudy import data, losses, models, optim, spectrum
+from saddlestudy import data, inertia, losses, models, optim, spectrum
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 DEFAULT_STUDY = "default"
 # "none": no finder; the spectrum is taken at the starts themselves (where training stopped).
 FINDER_METHODS = ("newton_mr", "gradnorm", "damped_newton", "saddle_free_newton", "none")
-LARGE_SPECTRUM_METHODS = ("lanczos", "slq")
+# [spectrum] method: how counts are taken above full_spectrum_max_params (hessian_inertia).
+SPECTRUM_METHODS = inertia.INERTIA_METHODS
+# What counts a cell's eigenvalues (its ``spectrum_method`` in --dry-run): "eigh" (all P
+# eigenvalues, stored) or a hessian_inertia method; "lanczos+slq" is "auto" past memory or the
+# cap: Lanczos, then SLQ at the thresholds where Lanczos is not exact.
+CELL_SPECTRUM_METHODS = ("eigh", "dense", "lanczos", "slq", "lanczos+slq")
 FINDER_BATCHING = ("auto", "map", "vmap")
 # |grad L|^2 cutoffs of the strict / loose index-vs-loss panels ([figures] cutoffs).
 DEFAULT_FIGURE_CUTOFFS = [1e-10, 1e-6]
@@ -99,10 +113,14 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "finder": {"method": ["newton_mr"], "grad_tol": 1e-10, "max_iters": 100, "batching": "auto"},
     "spectrum": {
-        "dense_max_params": 2000,
-        "large_method": "lanczos",
-        "num_matvecs": 64,
+        "full_spectrum_max_params": 2000,
+        "method": "auto",
+        "dense_max_params": 0,
         "zero_tols": [1e-8, 1e-6, 1e-5, 1e-4],
+        "relative_tols": [1e-3],
+        "num_matvecs": 64,
+        "max_matvecs": 3000,
+        "failure_prob": 1e-3,
     },
     # How the study is drawn (python -m saddlestudy.figures); not part of the config hash.
     "figures": {"cutoffs": DEFAULT_FIGURE_CUTOFFS},
@@ -160,6 +178,12 @@ def resolve(raw: dict) -> dict:
     unknown = sorted(set(raw) - _TABLES)
     if unknown:
         _fail(unknown[0], f"unknown table; expected one of {sorted(_TABLES)}")
+    if isinstance(raw.get("spectrum"), dict) and "large_method" in raw["spectrum"]:
+        _fail(
+            "spectrum.large_method",
+            "removed; spectrum.method (auto|dense|lanczos|slq) picks how counts are taken above "
+            "spectrum.full_spectrum_max_params, and spectrum.dense_max_params is now only a cap",
+        )
     cfg: dict[str, Any] = {}
     for table, defaults in _DEFAULTS.items():
         given = raw.get(table, {})
@@ -265,19 +289,28 @@ def resolve(raw: dict) -> dict:
         _fail("finder.batching", f"unknown {finder['batching']!r}; choose from {FINDER_BATCHING}")
 
     spec = cfg["spectrum"]
-    if not _is_int(spec["dense_max_params"]) or spec["dense_max_params"] < 1:
-        _fail("spectrum.dense_max_params", f"must be an int >= 1, got {spec['dense_max_params']!r}")
-    if spec["large_method"] not in LARGE_SPECTRUM_METHODS:
-        _fail(
-            "spectrum.large_method",
-            f"unknown {spec['large_method']!r}; choose from {LARGE_SPECTRUM_METHODS}",
-        )
-    if not _is_int(spec["num_matvecs"]) or spec["num_matvecs"] < 2:
-        _fail("spectrum.num_matvecs", f"must be an int >= 2, got {spec['num_matvecs']!r}")
+    if spec["method"] not in SPECTRUM_METHODS:
+        _fail("spectrum.method", f"unknown {spec['method']!r}; choose from {SPECTRUM_METHODS}")
+    for key in ("full_spectrum_max_params", "dense_max_params"):
+        if not _is_int(spec[key]) or spec[key] < 0:
+            _fail(f"spectrum.{key}", f"must be an int >= 0, got {spec[key]!r}")
+    for key in ("num_matvecs", "max_matvecs"):
+        if not _is_int(spec[key]) or spec[key] < 2:
+            _fail(f"spectrum.{key}", f"must be an int >= 2, got {spec[key]!r}")
+    if not _is_number(spec["failure_prob"]) or not 0 < spec["failure_prob"] < 1:
+        _fail("spectrum.failure_prob", f"must be a number in (0, 1), got {spec['failure_prob']!r}")
+    spec["failure_prob"] = float(spec["failure_prob"])
     tols = _as_list("spectrum.zero_tols", spec["zero_tols"])
-    if not all(_is_number(t) and t >= 0 for t in tols):
-        _fail("spectrum.zero_tols", f"tolerances must be numbers >= 0, got {tols!r}")
+    if not all(_is_number(t) and 0 < t < math.inf for t in tols):
+        _fail("spectrum.zero_tols", f"tolerances must be finite numbers > 0, got {tols!r}")
     spec["zero_tols"] = sorted(float(t) for t in tols)
+    rel = spec["relative_tols"]
+    rel = rel if isinstance(rel, list) else [rel]  # [] for none
+    if not all(_is_number(c) and 0 < c < 1 for c in rel):
+        _fail(
+            "spectrum.relative_tols", f"factors c of tau = c lambda_max must be in (0, 1): {rel!r}"
+        )
+    spec["relative_tols"] = sorted(float(c) for c in rel)
 
     cutoffs = _as_list("figures.cutoffs", cfg["figures"]["cutoffs"])
     if not all(_is_number(c) and c > 0 for c in cutoffs):
@@ -453,15 +486,12 @@ def expand(cfg: dict, datasets: list[data.Dataset] | None = None) -> list[dict]:
             "num_params": arch.num_params,
             "optimizer": cfg["optimizer"][o_index],
             "finder_method": finder_method,
-            "spectrum_method": "dense"
-            if arch.num_params <= cfg["spectrum"]["dense_max_params"]
-            else cfg["spectrum"]["large_method"],
             "num_samples": ds.num_samples,
         }
         settings = {k: cfg[k] for k in ("train", "finder", "spectrum")}
         key = json.dumps(
             {
-                "cell": cell,
+                "cell": cell,  # not the spectrum method: under "auto" it depends on memory
                 "settings": settings,
                 "seed": cfg["study"]["seed"],
                 "dtype": cfg["study"]["dtype"],
@@ -469,9 +499,30 @@ def expand(cfg: dict, datasets: list[data.Dataset] | None = None) -> list[dict]:
             sort_keys=True,
         )
         cell["cell_id"] = hashlib.sha256(key.encode()).hexdigest()[:16]
+        cell["spectrum_method"] = spectrum_plan(cfg, arch.num_params)
         cells.append(cell)
-    _check_dense_memory(cfg, cells)
+    _check_spectrum_memory(cfg, cells)
     return cells
+
+
+def _itemsize(cfg: dict) -> int:
+    return 8 if cfg["study"]["dtype"] == "float64" else 4
+
+
+def spectrum_plan(cfg: dict, num_params: int) -> str:
+    """What counts the eigenvalues of a cell with ``num_params`` parameters (one of
+    ``CELL_SPECTRUM_METHODS``): "eigh" up to ``full_spectrum_max_params`` (and the cap), else
+    ``spectrum.method``, "auto" resolved by :func:`saddlestudy.inertia.dense_fits` and the
+    ``dense_max_params`` cap."""
+    spec = cfg["spectrum"]
+    cap = spec["dense_max_params"] or math.inf
+    if num_params <= min(spec["full_spectrum_max_params"], cap):
+        return "eigh"
+    if spec["method"] != "auto":
+        return spec["method"]
+    if num_params <= cap and inertia.dense_fits(num_params, _itemsize(cfg)):
+        return "dense"
+    return "lanczos+slq"
 
 
 def num_starts(cfg: dict) -> int:
@@ -485,19 +536,35 @@ def _available_memory() -> int:
     return spectrum.device_memory_bytes("free")
 
 
-def _check_dense_memory(cfg: dict, cells: list[dict]) -> None:
-    dense = [c["num_params"] for c in cells if c["spectrum_method"] == "dense"]
-    if not dense:
+def _check_spectrum_memory(cfg: dict, cells: list[dict]) -> None:
+    itemsize = _itemsize(cfg)
+    spec = cfg["spectrum"]
+    for c in cells:
+        P, method = c["num_params"], c["spectrum_method"]
+        if method == "dense" and spec["dense_max_params"] and P > spec["dense_max_params"]:
+            _fail(
+                "spectrum.dense_max_params",
+                f'method "dense" at P={P} is above the cap {spec["dense_max_params"]}; '
+                'raise the cap or use method "auto"',
+            )
+        if method == "dense" and not inertia.dense_fits(P, itemsize):
+            need = 2 * P**2 * itemsize / 2**30
+            _fail(
+                "spectrum.method",
+                f'"dense" at P={P} needs about {need:.1f} GiB (two P x P matrices), more than '
+                'fits; use "auto" (matrix-free where dense does not fit), "lanczos" or "slq"',
+            )
+    eigh = [c["num_params"] for c in cells if c["spectrum_method"] == "eigh"]
+    if not eigh:
         return
-    itemsize = 8 if cfg["study"]["dtype"] == "float64" else 4
     # One Hessian at a time per point, plus eigh's workspace (about 3 matrices).
-    need = 3 * max(dense) ** 2 * itemsize
+    need = 3 * max(eigh) ** 2 * itemsize
     have = _available_memory()
     if need > 0.5 * have:
         _fail(
-            "spectrum.dense_max_params",
-            f"a dense spectrum at P={max(dense)} needs about {need / 2**30:.1f} GiB, more than "
-            f"half the {have / 2**30:.1f} GiB available; lower dense_max_params",
+            "spectrum.full_spectrum_max_params",
+            f"all eigenvalues at P={max(eigh)} need about {need / 2**30:.1f} GiB, more than "
+            f"half the {have / 2**30:.1f} GiB available; lower full_spectrum_max_params",
         )
 
 
@@ -515,12 +582,12 @@ def describe(cfg: dict, cells: list[dict]) -> str:
         n = t["replicas"] * num_starts(cfg)
         points += n
         # Rough cost model in parameter-sample products: training steps plus finder iterations
-        # (each about 2P HVPs), plus dense Hessians (P HVPs) per point.
+        # (each about 2P HVPs), plus per point the Hessian-vector products of its counts
+        # (dense: P; Lanczos: at most max_matvecs; SLQ: probes x depth).
         P, N = c["num_params"], c["num_samples"]
         work += t["replicas"] * t["num_steps"] * P * N * 3
         work += n * cfg["finder"]["max_iters"] * min(P, 50) * P * N * 4
-        if c["spectrum_method"] == "dense":
-            work += n * P * P * N * 4
+        work += n * _spectrum_matvecs(cfg["spectrum"], c["spectrum_method"], P) * P * N * 4
         lines.append(
             f"{c['cell_id']:16}  {c['dataset']:18} {c['depth']:>5} {str(c['width']):>8} "
             f"{c['activation']:8} {c['num_params']:>7} {c['optimizer']['name']:10} "
@@ -530,4 +597,15 @@ def describe(cfg: dict, cells: list[dict]) -> str:
         f"total: {len(cells)} cells, {points} finder starts ({t['replicas']} replicas x "
         f"{num_starts(cfg)} starts per cell), about {work:.2e} multiply-adds (upper bound)"
     )
+    lines.append(
+        "spectrum: eigh = all P eigenvalues, stored (exact counts); dense = exact counts by "
+        "LDL^T; lanczos / slq = bounds (exact only where they meet); lanczos+slq = Lanczos, "
+        "then SLQ where Lanczos is not exact"
+    )
     return "\n".join(lines)
+
+
+def _spectrum_matvecs(spec: dict, method: str, P: int) -> int:
+    lanczos = min(spec["max_matvecs"], 2 * P)
+    slq = spectrum.DEFAULT_NUM_PROBES * min(spec["num_matvecs"], P)
+    return {"eigh": P, "dense": P, "lanczos": lanczos, "slq": slq}.get(method, lanczos + slq)

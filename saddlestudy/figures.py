@@ -139,6 +139,17 @@ def _scatter_by_status(ax, x, y, status, num_params, colors, statuses=tuple(_STA
         ax.scatter(x[sel], y[sel], s=18, **kw)
 
 
+def _intervals(ax, loss, lo, hi, index, num_params, colors, sel) -> None:
+    """Points without an exact count: a vertical bar from the lower to the upper bound of
+    their index (where both are known)."""
+    bars = sel & ~np.isfinite(index) & np.isfinite(lo) & np.isfinite(hi)
+    if bars.any():
+        c = [colors[P] for P in num_params[bars]]
+        ax.vlines(loss[bars], lo[bars], hi[bars], colors=c, lw=1.0, alpha=0.6)
+        ax.scatter(loss[bars], lo[bars], marker="_", s=30, c=c)
+        ax.scatter(loss[bars], hi[bars], marker="_", s=30, c=c)
+
+
 def _fit_lines(ax, loss, index) -> None:
     from saddlestudy import analysis
 
@@ -168,6 +179,8 @@ def index_vs_loss_figure(
     strict (1e-10) vs loose comparison. Both panels show fits of the 3/2 law and a line.
     ``reference``: exact critical points (columns ``loss``, ``index``; e.g.
     :func:`analysis.linear_autoencoder_reference`), drawn behind as grey plus signs.
+    A point whose count is not exact is drawn as its interval (lower to upper bound over P),
+    and the fits use exact counts only.
     """
     from saddlestudy import analysis
 
@@ -175,7 +188,9 @@ def index_vs_loss_figure(
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1.2, 4.2),
                              squeeze=False, layout="constrained", sharey=True)  # fmt: skip
     colors = _param_colors(df["num_params"])
+    P = df["num_params"].to_numpy(float)
     index = (df[analysis.tol_column("num_negative", zero_tol)] / df["num_params"]).to_numpy()
+    lo, hi = (b / P for b in analysis.negative_bounds(df, zero_tol))
     loss = df["loss"].to_numpy(float)
     for ax, cutoff in zip(axes[0], panels):
         if reference is not None:
@@ -192,7 +207,10 @@ def index_vs_loss_figure(
             _scatter_by_status(ax, loss[sel], index[sel], status[sel], df["num_params"][sel],
                                colors, ("converged",))  # fmt: skip
             ax.set_title(f"‖∇L‖² < {cutoff:g}: {int(sel.sum())} of {len(df)} points", fontsize=10)
-        _fit_lines(ax, loss[sel], index[sel])
+        shown = np.ones(len(df), bool) if cutoff is None else sel
+        _intervals(ax, loss, lo, hi, index, df["num_params"], colors, shown)
+        exact = sel & np.isfinite(index)
+        _fit_lines(ax, loss[exact], index[exact])
         ax.set_xlabel("training loss ε at the point")
         if ax.get_legend_handles_labels()[0]:  # an empty panel gets no legend
             ax.legend(fontsize=7, loc="upper left")
@@ -203,6 +221,8 @@ def index_vs_loss_figure(
         line([], [], ls="none", marker="o", mfc="none", color="0.3", label="gradient-flat"),
         line([], [], ls="none", marker="x", color="0.3", label="not converged"),
     ]
+    if not np.isfinite(index).all():
+        handles.append(line([], [], marker="_", color="0.3", label="bounds (count not exact)"))
     handles += [
         line([], [], ls="none", marker="o", color=c, label=f"P = {P}") for P, c in colors.items()
     ]
@@ -220,6 +240,7 @@ def scaling_figure(df, *, zero_tol: float = 1e-5):
     colors = dict(zip(sorted(set(df["optimizer"])), plt.get_cmap("tab10").colors))
     styles = ["-", "--", ":", "-."]
     depths = sorted(set(df["depth"]))
+    undetermined = False
     for (opt, depth), group in df.groupby(["optimizer", "depth"], sort=True):
         color, ls = colors[opt], styles[depths.index(depth) % len(styles)]
         label = f"{opt}, depth {depth}" if len(depths) > 1 else opt
@@ -236,14 +257,22 @@ def scaling_figure(df, *, zero_tol: float = 1e-5):
             err = np.vstack([y - table["ci_low"], table["ci_high"] - y])
             ax.errorbar(table["num_params"], y, yerr=np.nan_to_num(err), marker="o", capsize=3,
                         color=color, ls=ls, label=label)  # fmt: skip
+        if (frac["num_undetermined"] > 0).any():  # the most minima the bounds allow
+            undetermined = True
+            left.plot(frac["num_params"], frac["fraction_minima"] + frac["fraction_undetermined"],
+                      marker="^", color=color, ls=":", alpha=0.7)  # fmt: skip
     for ax in (conv_ax, left, right):
         ax.set_xscale("log")
         ax.set_xlabel("number of parameters P")
     conv_ax.set_ylabel("fraction of starts that converged\n(‖∇L‖² below the finder's tolerance)")
     conv_ax.set_ylim(-0.05, 1.05)
-    left.set_ylabel(f"fraction of minima among converged points\n(no eigenvalue < −{zero_tol:g})")
+    left.set_ylabel(
+        f"fraction of minima among converged points\n(certified: no eigenvalue < −{zero_tol:g})"
+    )
     left.set_ylim(-0.05, 1.05)
-    right.set_ylabel("median index α of converged points")
+    if undetermined:
+        left.set_title("dotted: with the undetermined points counted as minima", fontsize=8)
+    right.set_ylabel("median index α of converged points\n(exact counts only)")
     conv_ax.legend(fontsize=8, title="optimizer", title_fontsize=8)
     _footer(fig, df)
     return fig
@@ -255,6 +284,10 @@ def minimum_ratio_figure(df, *, zero_tol: float = 1e-5):
 
     table = analysis.minimum_ratio_vs_loss(df, zero_tol=zero_tol)
     fig, ax = plt.subplots(figsize=(5.5, 4.2), layout="constrained")
+    missing = int(table["minimum_ratio"].isna().sum())
+    if missing:  # a ratio is drawn only where the positive count is exact
+        ax.set_title(f"{missing} of {len(table)} points without an exact count: not drawn",
+                     fontsize=9)  # fmt: skip
     colors = _param_colors(table["num_params"])
     _scatter_by_status(ax, table["loss"].to_numpy(), table["minimum_ratio"].to_numpy(),
                        table["status"], table["num_params"], colors)  # fmt: skip
@@ -267,37 +300,63 @@ def minimum_ratio_figure(df, *, zero_tol: float = 1e-5):
     return fig
 
 
-def spectral_density_figure(df, spectra: dict[str, np.ndarray], *, rel_sigma: float = 0.005):
+def spectral_density_figure(
+    df,
+    spectra: dict[str, np.ndarray],
+    densities: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    *,
+    rel_sigma: float = 0.005,
+):
     """Smoothed Hessian spectral densities at the lowest-loss converged point of each P.
 
     Without converged points (e.g. finder ``"none"``), at the lowest-loss end of training.
-    The Gaussian smoothing width is ``rel_sigma`` times the range of the eigenvalues shown.
+    ``spectra``: row_id -> eigenvalues, drawn only where they are all P of them (never Ritz
+    values as if they were the spectrum), Gaussian-smoothed with width ``rel_sigma`` times the
+    range of the eigenvalues shown. ``densities``: row_id -> (grid, density), SLQ densities
+    (quadrature weights applied; each integrates to 1), drawn as stored, dashed, for the P
+    without all eigenvalues.
     """
     from saddlestudy import analysis
 
+    densities = densities or {}
     fig, ax = plt.subplots(figsize=(6.0, 4.0), layout="constrained")
-    stored = df["row_id"].isin(list(spectra))
+    P_of = dict(zip(df["row_id"], df["num_params"]))
+    full = {r: e for r, e in spectra.items() if np.ndim(e) == 1 and e.size == P_of.get(r, -1)}
+    stored = df["row_id"].isin(list(full) + list(densities))
     conv = df[(df["status"] == "converged") & stored]
     if conv.empty:
         conv = df[(df["start_kind"] == "end") & stored]
         ax.set_title("no converged points: where training ended", fontsize=9)
     colors = _param_colors(conv["num_params"]) if len(conv) else {}
-    # one curve per P (its lowest-loss point); the x range spans the curves drawn only
-    drawn = conv.sort_values(["loss", "row_id"]).groupby("num_params", sort=True).head(1)
-    lo = min((float(spectra[r].min()) for r in drawn["row_id"]), default=-1.0)
-    hi = max((float(spectra[r].max()) for r in drawn["row_id"]), default=1.0)
+    # one curve per P (its lowest-loss point, all eigenvalues before an SLQ density); the x
+    # range spans the curves drawn only
+    conv = conv.assign(_slq=~conv["row_id"].isin(list(full)))
+    drawn = conv.sort_values(["_slq", "loss", "row_id"]).groupby("num_params", sort=True).head(1)
+    eig = [full[r] for r in drawn["row_id"] if r in full]
+    grids = [densities[r][0] for r in drawn["row_id"] if r not in full]
+    lo = min([float(e.min()) for e in eig] + [float(g.min()) for g in grids], default=-1.0)
+    hi = max([float(e.max()) for e in eig] + [float(g.max()) for g in grids], default=1.0)
     sigma = rel_sigma * max(hi - lo, 1e-12)
     grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, 2000)
     top = 0.0
     for _, best in drawn.sort_values("num_params").iterrows():
-        P = best["num_params"]
-        density = analysis.spectral_density(spectra[best["row_id"]], grid, sigma)
-        ax.plot(grid, density, color=colors[P], lw=1.2, label=f"P = {P} (loss {best['loss']:.3g})")
-        top = max(top, float(density.max()))
+        P, row_id = best["num_params"], best["row_id"]
+        if row_id in full:
+            x, density = grid, analysis.spectral_density(full[row_id], grid, sigma)
+            ls, how = "-", ""
+        else:
+            (x, density), ls, how = densities[row_id], "--", ", SLQ"
+        ax.plot(x, density, color=colors[P], lw=1.2, ls=ls,
+                label=f"P = {P}{how} (loss {best['loss']:.3g})")  # fmt: skip
+        top = max(top, float(np.max(density)))
     ax.set_yscale("log")
     ax.set_ylim(1e-4 * max(top, 1e-12), 2 * max(top, 1e-12))
     ax.set_xlabel("Hessian eigenvalue λ")
     ax.set_ylabel(f"density (Gaussian smoothing σ = {sigma:.2g})")
+    left_out = sorted(set(df["num_params"]) - set(drawn["num_params"]))
+    if left_out:
+        note = "no full spectrum or density stored: P = " + ", ".join(map(str, left_out))
+        fig.text(0.99, 0.005, note, ha="right", fontsize=6, color="0.4")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     _footer(fig, df)
@@ -347,11 +406,13 @@ def study_figures(
     if cutoffs is None:
         cutoffs = study_cutoffs(root)
     out = Path(out) if out is not None else Path("figures") / root.name
-    spectra = {}
+    spectra, densities = {}, {}
     for row_id in df["row_id"]:
         arrays = store.load_spectrum(root.parent, root.name, row_id)
-        if "eigenvalues" in arrays:
+        if "eigenvalues" in arrays:  # the figure keeps only complete spectra
             spectra[row_id] = arrays["eigenvalues"]
+        if "density" in arrays and "density_grid" in arrays:
+            densities[row_id] = (arrays["density_grid"], arrays["density"])
     reference = analysis.exact_reference(df)
     paths = []
     paths += save_figure(index_vs_loss_figure(df, reference=reference), out / "index_vs_loss",
@@ -363,7 +424,9 @@ def study_figures(
     )
     paths += save_figure(scaling_figure(df), out / "scaling", formats)
     paths += save_figure(minimum_ratio_figure(df), out / "minimum_ratio", formats)
-    paths += save_figure(spectral_density_figure(df, spectra), out / "spectral_density", formats)
+    paths += save_figure(
+        spectral_density_figure(df, spectra, densities), out / "spectral_density", formats
+    )
     return paths
 
 

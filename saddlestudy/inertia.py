@@ -48,10 +48,13 @@ Methods (what each can and cannot count):
   upper bound + ``sqrt(ln(1 / failure_prob) / (2 num_probes))``) (Hoeffding: each probe's
   bound lies in [0, 1] and has mean >= the true fraction), capped by the certified
   count from the top end. Never exact below P.
+- ``"lanczos+slq"``: Lanczos, then SLQ at the thresholds where Lanczos is not exact; the
+  result combines both (largest lower bound, smallest upper bound, SLQ's estimate), each
+  run with half of ``failure_prob`` so that the upper bound holds with probability
+  >= 1 - failure_prob (a union bound).
 - ``"auto"``: dense when two P x P matrices fit half the device's memory (P ~ 2.8 * 10^4 in
-  float64 on a 24 GiB machine), else Lanczos; where Lanczos cannot make the count exact,
-  SLQ too, and the result combines both (largest lower bound, smallest upper bound, SLQ's
-  estimate): method ``"lanczos+slq"``.
+  float64 on a 24 GiB machine) and P is within ``dense_max_params`` (if given), else
+  ``"lanczos+slq"``.
 
 ``lambda_min`` / ``lambda_max`` are the extreme Ritz values of a Lanczos run (an upper and a
 lower bound of the true extremes) with residual bounds ``lambda_min_residual`` /
@@ -80,7 +83,7 @@ from saddlestudy import spectrum as spectrum_lib
 Params = Any
 LossFn = Callable[[Params], jax.Array]
 
-INERTIA_METHODS = ("auto", "dense", "lanczos", "slq")
+INERTIA_METHODS = ("auto", "dense", "lanczos", "slq", "lanczos+slq")
 DEFAULT_ZERO_TOL = 1e-5
 DEFAULT_FAILURE_PROB = 1e-3
 DEFAULT_MAX_MATVECS = 3000  # Lanczos: the most Hessian-vector products over all rounds
@@ -90,7 +93,7 @@ CHECK_EVERY = 8  # Lanczos: steps between checks of the stopping rule
 EXTREME_MATVECS = 200  # cap of the Lanczos run giving lambda_min / lambda_max (dense method)
 # Time of one eigvalsh over one sytrf factorisation of the same matrix on a CPU (measured:
 # BENCHMARKS.md, benchmarks/inertia_counts.py): more factorisations than this, one eigvalsh.
-EIGVALSH_PER_SYTRF = 5.7
+EIGVALSH_PER_SYTRF = 9.1
 DENSE_MEMORY_FRACTION = 0.5  # "auto": dense when two P x P matrices fit this share of memory
 # Kuczynski & Wozniakowski 1992, Thm 4.2(a): P(relative error >= eps) <= KW * sqrt(n) *
 # exp(-(2k - 1) sqrt(eps)) for k products after the start vector.
@@ -640,6 +643,7 @@ def hessian_inertia(
     num_probes: int | None = None,
     num_slq_matvecs: int | None = None,
     chunk_size: int | None = None,
+    dense_max_params: int | None = None,
 ) -> Inertia | tuple[Inertia, ...]:
     """The inertia of the Hessian of ``loss_fn`` at ``params``; see the module docstring.
 
@@ -649,7 +653,8 @@ def hessian_inertia(
       zero_tol: absolute threshold(s) tau (default 1e-5 when ``relative_tol`` is None).
       relative_tol: threshold(s) as a fraction of lambda_max: tau = relative_tol *
         lambda_max (the thresholds matrix-free methods can resolve).
-      method: ``"auto"``, ``"dense"``, ``"lanczos"`` or ``"slq"``.
+      method: ``"auto"``, ``"dense"``, ``"lanczos"``, ``"slq"`` or ``"lanczos+slq"``
+        (Lanczos, then SLQ where Lanczos is not exact; each with half of ``failure_prob``).
       key: PRNG key of the random vectors (default ``key(0)``).
       failure_prob: the probability that an upper bound fails (Lanczos and SLQ).
       max_matvecs: Lanczos: the most Hessian-vector products over all rounds.
@@ -658,6 +663,7 @@ def hessian_inertia(
         :func:`saddlestudy.spectrum.hessian_spectrum`).
       chunk_size: dense: basis vectors per vmapped chunk of the Hessian build (default: the
         memory plan).
+      dense_max_params: "auto": a cap on P for the dense method (None: memory decides).
 
     Returns:
       One :class:`Inertia` for one threshold; a tuple, absolute thresholds first (ascending
@@ -677,9 +683,12 @@ def hessian_inertia(
     max_locked = spectrum_lib._check_int("max_locked", max_locked, 1)
     num_params, dtype = spectrum_lib._validate(loss_fn, params)
     itemsize = jnp.dtype(dtype).itemsize
-    escalate = method == "auto" and not dense_fits(num_params, itemsize)
     if method == "auto":
-        method = "lanczos" if escalate else "dense"
+        capped = dense_max_params is not None and num_params > dense_max_params
+        method = "lanczos+slq" if capped or not dense_fits(num_params, itemsize) else "dense"
+    escalate = method == "lanczos+slq"
+    if escalate:
+        method = "lanczos"
     elif method == "dense" and not dense_fits(num_params, itemsize):
         need = 2 * num_params**2 * itemsize / 2**30
         raise ValueError(
@@ -793,6 +802,9 @@ def _matrix_free_records(
     P = sum(math.prod(jnp.shape(x)) for x in jax.tree.leaves(params))
     bounds = [(0, P, math.inf)] * len(taus)
     used = 0
+    # Lanczos then SLQ: each upper bound fails with at most half of failure_prob, so the
+    # smaller of the two holds with probability >= 1 - failure_prob (a union bound).
+    share = failure_prob / 2 if escalate else failure_prob
     if method == "lanczos":
         state = _deflated_lanczos(
             loss_fn,
@@ -800,11 +812,11 @@ def _matrix_free_records(
             key,
             taus=taus,
             tol=tol,
-            failure_prob=failure_prob,
+            failure_prob=share,
             max_matvecs=max_matvecs,
             max_locked=max_locked,
         )
-        bounds = [_lanczos_bounds(state, t, P, failure_prob) for t in taus]
+        bounds = [_lanczos_bounds(state, t, P, share) for t in taus]
         used = state.num_matvecs
     slq = None
     if method == "slq" or (escalate and any(lo != hi for lo, hi, _ in bounds)):
@@ -824,7 +836,7 @@ def _matrix_free_records(
         estimate = sem = bias = math.nan
         if slq is not None:
             counted = slq.with_zero_tol(tau)
-            s_lo, s_hi = _slq_bounds(nodes, weights, tau, P, failure_prob)
+            s_lo, s_hi = _slq_bounds(nodes, weights, tau, P, share)
             lo, hi = max(lo, s_lo), min(hi, s_hi)
             estimate = float(counted.num_negative)
             sem, bias = float(counted.index_sem), float(counted.index_bias_bound)

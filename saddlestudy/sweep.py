@@ -3,9 +3,11 @@
 For each cell of the grid (dataset x architecture x optimizer x finder) it trains the
 replicas in one vmapped program, takes starting points along the trajectories (snapshots by
 step and by loss level, plus the end point), runs the critical-point finder from every start
-(batched), computes the Hessian spectrum at every point found (batched; dense up to
-``spectrum.dense_max_params``, Lanczos/SLQ beyond), and writes one row per point to the
-results store (:mod:`saddlestudy.store`). Rerunning resumes; ``--fresh`` starts over.
+(batched), counts the Hessian's negative, zero and positive eigenvalues at every point found
+(all P eigenvalues by ``eigh``, batched, up to ``spectrum.full_spectrum_max_params``; beyond,
+:func:`saddlestudy.inertia.hessian_inertia` point by point: exact counts or honest bounds),
+and writes one row per point to the results store (:mod:`saddlestudy.store`). Rerunning
+resumes; ``--fresh`` starts over.
 
 The command line is thin: :func:`run_study` does the work, and tests call it directly.
 """
@@ -31,8 +33,20 @@ import numpy as np
 import pyarrow as pa
 
 import saddlestudy
+from saddlestudy import (
+    analysis,
+    critical,
+    data,
+    hessian,
+    inertia,
+    losses,
+    models,
+    optim,
+    spectrum,
+    store,
+    train,
+)
 from saddlestudy import config as study_config
-from saddlestudy import critical, data, hessian, losses, models, optim, spectrum, store, train
 
 DEFAULT_OUT = Path("results")
 
@@ -190,16 +204,84 @@ def run_cell(cfg: dict, cell: dict) -> tuple[pa.Table, dict[str, np.ndarray]]:
     timings["finder_seconds"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    tols = cfg["spectrum"]["zero_tols"]
-    primary_tol = 1e-5 if 1e-5 in tols else tols[-1]
-    method = cell["spectrum_method"]
-    kwargs = {} if method == "dense" else {"num_matvecs": cfg["spectrum"]["num_matvecs"]}
-    spectra = spectrum.hessian_spectra(
-        loss_fn, found.params, method=method, zero_tol=primary_tol, **kwargs
-    )
-    jax.block_until_ready(spectra)
+    keep = np.flatnonzero(reached)
+    counts = _point_inertias(cfg, cell, loss_fn, found.params, keep)
     timings["spectrum_seconds"] = time.perf_counter() - t0
-    return _rows(cfg, cell, arch, result, found, spectra, kinds, reached, primary_tol, timings)
+    return _rows(cfg, cell, arch, result, found, counts, kinds, keep, timings)
+
+
+def primary_zero_tol(zero_tols: Sequence[float]) -> float:
+    """The tolerance of a row's ``index``, ``minimum_ratio`` and ``counts_exact``: 1e-5 (Frye's
+    choice, shared/SCIENCE.md §1) when the study counts at it, else its largest."""
+    return 1e-5 if 1e-5 in zero_tols else max(zero_tols)
+
+
+def _point_inertias(cfg, cell, loss_fn, params_R, keep) -> dict[int, tuple]:
+    """Per kept point i: ``(inertias, eigenvalues)``; the inertias at ``zero_tols`` then at
+    ``relative_tols`` (:class:`saddlestudy.inertia.Inertia` each), the eigenvalues all P of
+    them (method "eigh") or None."""
+    spec = cfg["spectrum"]
+    method = cell["spectrum_method"]
+    if method == "eigh":
+        spectra = spectrum.hessian_spectra(loss_fn, params_R, method="dense")
+        eig = np.asarray(spectra.eigenvalues)
+        return {
+            int(i): (_eigh_inertias(eig[i], spec["zero_tols"], spec["relative_tols"]), eig[i])
+            for i in keep
+        }
+    out = {}
+    for i in keep:
+        point = jax.tree.map(lambda x, i=i: x[i], params_R)
+        key = jax.random.fold_in(
+            jax.random.key(cfg["study"]["seed"]), _stable_int(cell["cell_id"], int(i))
+        )
+        out[int(i)] = (_inertias(loss_fn, point, method, key, spec), None)
+    return out
+
+
+def _inertias(loss_fn, params, method: str, key, spec: dict) -> tuple:
+    """The counts of one point by :func:`saddlestudy.inertia.hessian_inertia` (``method``:
+    the cell's, chosen by the config's memory rule), one per threshold."""
+    P = int(sum(np.size(leaf) for leaf in jax.tree.leaves(params)))
+    result = inertia.hessian_inertia(
+        loss_fn,
+        params,
+        zero_tol=spec["zero_tols"],
+        relative_tol=spec["relative_tols"] or None,
+        method=method,
+        key=key,
+        failure_prob=spec["failure_prob"],
+        max_matvecs=spec["max_matvecs"],
+        num_slq_matvecs=min(P, spec["num_matvecs"]),
+    )
+    return result if isinstance(result, tuple) else (result,)
+
+
+def _eigh_inertias(eig: np.ndarray, zero_tols, relative_tols) -> tuple:
+    """Exact inertias from all P eigenvalues (ascending), one per threshold."""
+    P = eig.shape[0]
+    lam_min, lam_max = float(eig[0]), float(eig[-1])
+    # eigh's backward error, as hessian_inertia's dense method states it: P eps ||H||_F.
+    resolution = P * float(np.finfo(eig.dtype).eps) * float(np.linalg.norm(eig))
+    out = []
+    for tau, rel in [(t, None) for t in zero_tols] + [(c * lam_max, c) for c in relative_tols]:
+        if not tau > 0:  # a relative threshold without a positive lambda_max: not counted
+            neg = zero = pos = math.nan
+            lo, hi, exact = 0, P, False
+        else:
+            neg, pos = int(np.sum(eig < -tau)), int(np.sum(eig > tau))
+            zero, lo, hi, exact = P - neg - pos, neg, neg, True
+        out.append(
+            inertia.Inertia(
+                num_negative=neg, num_zero=zero, num_positive=pos, index=neg / P,
+                minimum_ratio=pos / P, num_negative_lo=lo, num_negative_hi=hi, exact=exact,
+                index_sem=0.0, index_bias_bound=0.0, lambda_min=lam_min, lambda_max=lam_max,
+                lambda_min_residual=0.0, lambda_max_residual=0.0, min_eigenvector=None,
+                resolution=resolution, num_matvecs=P, num_params=P, zero_tol=float(tau),
+                relative_tol=rel, method="eigh", failure_prob=0.0,
+            )
+        )  # fmt: skip
+    return tuple(out)
 
 
 def finder_batching(setting: str) -> str:
@@ -228,7 +310,7 @@ def _starts_as_found(loss_fn, starts, grad_tol: float) -> SimpleNamespace:
     )
 
 
-def _rows(cfg, cell, arch, result, found, spectra, kinds, reached, primary_tol, timings):
+def _rows(cfg, cell, arch, result, found, counts, kinds, keep, timings):
     n_starts = len(kinds)
     t = cfg["train"]
     start_step = t["snapshot_steps"] + [None] * len(t["snapshot_losses"]) + [None]
@@ -236,10 +318,13 @@ def _rows(cfg, cell, arch, result, found, spectra, kinds, reached, primary_tol, 
     loss_steps = np.asarray(result.loss_snapshot_steps)
     steps_taken = np.asarray(result.steps)
     prov = provenance()
+    spec = cfg["spectrum"]
+    primary_tol = primary_zero_tol(spec["zero_tols"])
+    suffixes = [_tol_name(tol) for tol in spec["zero_tols"]]
+    suffixes += [f"rel{_tol_name(c)}" for c in spec["relative_tols"]]
+    primary = spec["zero_tols"].index(primary_tol)
     columns: dict[str, list] = {}
     arrays: dict[str, np.ndarray] = {}
-    eig = np.asarray(spectra.eigenvalues) if spectra.eigenvalues is not None else None
-    keep = np.flatnonzero(reached)
     for i in keep:
         r, s = divmod(int(i), n_starts)
         row_id = f"{cell['cell_id']}:{i}"
@@ -250,6 +335,8 @@ def _rows(cfg, cell, arch, result, found, spectra, kinds, reached, primary_tol, 
             step = int(loss_steps[r, s - len(t["snapshot_steps"])])
         else:
             step = int(steps_taken[r])
+        inertias, eigenvalues = counts[int(i)]
+        main = inertias[primary]
         row = {
             "row_id": row_id,
             "study": cfg["study"]["name"],
@@ -281,38 +368,70 @@ def _rows(cfg, cell, arch, result, found, spectra, kinds, reached, primary_tol, 
             "grad_norm_sq": float(found.grad_norm_sq[i]),
             "loss": float(found.loss[i]),
             "iterations": int(found.iterations[i]),
-            "spectrum_method": cell["spectrum_method"],
+            # What produced the counts: "eigh" (all P eigenvalues) or hessian_inertia's method.
+            "spectrum_method": main.method,
             "zero_tol": primary_tol,
-            "index": float(spectra.index[i]) if spectra.index is not None else None,
-            "minimum_ratio": float(spectra.minimum_ratio[i])
-            if spectra.minimum_ratio is not None
-            else None,
-            "lambda_min": float(spectra.lambda_min[i]),
-            "lambda_max": float(spectra.lambda_max[i]),
+            "counts_exact": bool(main.exact),
+            "failure_prob": float(main.failure_prob),
+            "resolution": float(main.resolution),
+            # Exact values or null: never a count of Ritz values.
+            "index": _nullable_fraction(main.num_negative, main),
+            "minimum_ratio": _nullable_fraction(main.num_positive, main),
+            "lambda_min": float(main.lambda_min),
+            "lambda_max": float(main.lambda_max),
+            "num_matvecs": int(main.num_matvecs),
             **timings,
             **prov,
             "dtype": cfg["study"]["dtype"],
         }
-        P = arch.num_params
-        for tol in cfg["spectrum"]["zero_tols"]:
-            name = _tol_name(tol)
-            if eig is not None and eig.shape[-1] == P:
-                neg = int((eig[i] < -tol).sum())
-                pos = int((eig[i] > tol).sum())
-                row[f"num_negative@{name}"], row[f"num_positive@{name}"] = neg, pos
-                row[f"num_zero@{name}"] = P - neg - pos
-            else:
-                row[f"num_negative@{name}"] = row[f"num_positive@{name}"] = None
-                row[f"num_zero@{name}"] = None
+        for suffix, x in zip(suffixes, inertias, strict=True):
+            row.update(_count_columns(suffix, x))
         for key, value in row.items():
             columns.setdefault(key, []).append(value)
-        if eig is not None:
-            arrays[f"{row_id}/eigenvalues"] = eig[i]
-        for extra in ("density", "density_grid"):
-            value = getattr(spectra, extra, None)
-            if value is not None:
-                arrays[f"{row_id}/{extra}"] = np.asarray(value[i])
-    return pa.table(columns), arrays
+        if eigenvalues is not None:  # all P of them: nothing partial is ever stored
+            arrays[f"{row_id}/eigenvalues"] = eigenvalues
+    return pa.table({k: pa.array(v, type=_column_type(k)) for k, v in columns.items()}), arrays
+
+
+def _exact(value, x):
+    """An exact count as an int, else None (an estimate or NaN is never stored as a count)."""
+    if not x.exact or value is None or not math.isfinite(float(value)):
+        return None
+    return int(value)
+
+
+def _nullable_fraction(value, x):
+    count = _exact(value, x)
+    return None if count is None else count / x.num_params
+
+
+def _count_columns(suffix: str, x) -> dict:
+    """The columns of one threshold: exact counts (or null), bounds, SEM, estimate."""
+    estimate = float(x.index) if x.index is not None else math.nan
+    out = {
+        f"num_negative@{suffix}": _exact(x.num_negative, x),
+        f"num_zero@{suffix}": _exact(x.num_zero, x),
+        f"num_positive@{suffix}": _exact(x.num_positive, x),
+        f"num_negative_lo@{suffix}": int(x.num_negative_lo),
+        f"num_negative_hi@{suffix}": int(x.num_negative_hi),
+        f"index_estimate@{suffix}": estimate if math.isfinite(estimate) else None,
+        f"index_sem@{suffix}": 0.0 if x.exact else float(x.index_sem),
+        f"index_bias_bound@{suffix}": 0.0 if x.exact else float(x.index_bias_bound),
+    }
+    if x.relative_tol is not None:
+        out[f"tau@{suffix}"] = float(x.zero_tol)
+    return out
+
+
+def _column_type(name: str) -> pa.DataType | None:
+    # Nullable columns get their type even when a cell has only nulls in them.
+    if name.startswith("num_") and "@" in name:
+        return pa.int64()
+    if name.split("@")[0] in ("index_estimate", "index_sem", "index_bias_bound", "tau"):
+        return pa.float64()
+    if name in ("index", "minimum_ratio"):
+        return pa.float64()
+    return None
 
 
 # -- the study -------------------------------------------------------------------------------
@@ -453,30 +572,34 @@ def _run_on_ray(cfg, cells, out, progress, address, gpus_per_task):
 
 # -- summary ---------------------------------------------------------------------------------
 def summarize(table: pa.Table) -> str:
-    """Per architecture: P, points, fraction converged / gradient-flat / minima, median index."""
-    rows = table.to_pylist()
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        groups.setdefault(
-            (row["num_params"], row["depth"], row["widths"], row["activation"]), []
-        ).append(row)
+    """Per architecture: P, points, fraction converged / gradient-flat, fractions of converged
+    points classified minimum and undetermined (:func:`saddlestudy.analysis.classify`, at the
+    rows' primary tolerance), median index of converged points with an exact count."""
+    df = analysis.with_status(table.to_pandas())
+    zero_tol = float(df["zero_tol"].iloc[0]) if "zero_tol" in df else analysis.DEFAULT_ZERO_TOL
+    df["kind"] = analysis.classify(df, zero_tol)
+    df["exact_index"] = df[analysis.tol_column("num_negative", zero_tol)] / df["num_params"]
     header = (
         f"{'P':>6} {'depth':>5} {'widths':>8} {'act':>6} {'points':>6} {'conv':>6} "
-        f"{'flat':>6} {'minima':>7} {'med.index':>9}"
+        f"{'flat':>6} {'minima':>7} {'undet.':>7} {'med.index':>9}"
     )
     lines = [header, "-" * len(header)]
-    for (P, depth, widths, act), group in sorted(groups.items()):
-        conv = [r for r in group if r["converged"]]
-        minima = [r for r in conv if r["index"] == 0.0]
-        median = float(np.median([r["index"] for r in conv])) if conv else float("nan")
+    for (P, depth, widths, act), group in df.groupby(analysis.ARCH, sort=True):
+        conv = group[group["status"] == "converged"]
+        index = conv["exact_index"].dropna()
+        n = len(conv)
+        minima = float((conv["kind"] == "minimum").sum()) / n if n else math.nan
+        undetermined = float((conv["kind"] == "undetermined").sum()) / n if n else math.nan
+        median = float(np.median(index)) if len(index) else math.nan
         lines.append(
             f"{P:>6} {depth:>5} {widths:>8} {act:>6} {len(group):>6} "
-            f"{len(conv) / len(group):>6.2f} {np.mean([r['gradient_flat'] for r in group]):>6.2f} "
-            f"{(len(minima) / len(conv) if conv else float('nan')):>7.2f} {median:>9.4f}"
+            f"{len(conv) / len(group):>6.2f} {group['gradient_flat'].mean():>6.2f} "
+            f"{minima:>7.2f} {undetermined:>7.2f} {median:>9.4f}"
         )
     lines.append(
         "conv: fraction of starts that reached grad_norm_sq < grad_tol; flat: gradient-flat; "
-        "minima: fraction of converged points with no negative eigenvalue; med.index: of converged"
+        f"of converged points: minima: certified no eigenvalue < -{zero_tol:g}; undet.: "
+        "bounds that straddle 0; med.index: median over exact counts"
     )
     return "\n".join(lines)
 

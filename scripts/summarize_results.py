@@ -41,13 +41,20 @@ def _header(name: str, df: pd.DataFrame) -> str:
 
 
 def _index(df):
+    """num_negative / P where the count is exact, NaN (never 0) elsewhere."""
     return df[analysis.tol_column("num_negative", ZERO_TOL)] / df["num_params"]
+
+
+def _fit(df):
+    """The index-vs-loss fits over the rows with an exact count."""
+    exact = df[np.isfinite(_index(df))]
+    return analysis.fit_index_vs_loss(exact["loss"].to_numpy(), _index(exact).to_numpy())
 
 
 def linear_autoencoder(df: pd.DataFrame) -> str:
     ref = analysis.exact_reference(df, zero_tol=ZERO_TOL)
     p = int(df["width"].iloc[0])
-    df = df.assign(exact=analysis.exact_matches(df, ref, zero_tol=ZERO_TOL), index=_index(df))
+    df = df.assign(exact=analysis.exact_matches(df, ref, zero_tol=ZERO_TOL))
     rows = []
     for (method, status), g in df.groupby(["finder_method", "status"], observed=True):
         rows.append({"finder": method, "status": status, "points": len(g),
@@ -56,8 +63,7 @@ def linear_autoencoder(df: pd.DataFrame) -> str:
                      "loss range": f"{g['loss'].min():.3f}–{g['loss'].max():.3f}"})  # fmt: skip
     fits = []
     for label, cutoff in (("strict", 1e-10), ("loose", np.inf)):
-        sel = df[df["grad_norm_sq"] < cutoff]
-        fit = analysis.fit_index_vs_loss(sel["loss"].to_numpy(), sel["index"].to_numpy())
+        fit = _fit(df[df["grad_norm_sq"] < cutoff])
         fits.append({"points": label + (f" (<{cutoff:g})" if np.isfinite(cutoff) else " (all)"),
                      "n": fit["num_points"], "slope": fit["slope"],
                      "RSS line": fit["rss_linear"], "RSS 3/2 law": fit["rss_pb"],
@@ -77,13 +83,14 @@ def linear_autoencoder(df: pd.DataFrame) -> str:
 def index_vs_loss(df: pd.DataFrame) -> str:
     conv = df[df["status"] == "converged"]
     corr = analysis.index_vs_loss(df, zero_tol=ZERO_TOL)
-    fit = analysis.fit_index_vs_loss(conv["loss"].to_numpy(), _index(conv).to_numpy())
+    fit = _fit(conv)
     counts = df.groupby(["num_params", "status"], observed=True).size().unstack(fill_value=0)
     return (
         _table(counts.reset_index())
         + "\n\nSpearman rank correlation of index with loss (converged points, 95% CI):\n\n"
         + _table(corr[["num_params", "num_converged", "spearman_rho", "ci_low", "ci_high"]])
-        + f"\n\nFits over all converged points (n = {fit['num_points']}): line RSS "
+        + f"\n\nFits over all converged points with exact counts (n = {fit['num_points']}): "
+        f"line RSS "
         f"{fit['rss_linear']:.3g} (slope {fit['slope']:.3g}); 3/2 law RSS {fit['rss_pb']:.3g} "
         f"(eps_c {fit['eps_c']:.3g}, alpha0 {fit['alpha0']:.3g}).\n"
     )
@@ -108,7 +115,8 @@ def scaling(df: pd.DataFrame) -> str:
     frac = analysis.fraction_minima(df, by=["optimizer", "num_params", "depth", "widths"])
     idx = analysis.index_summary(df, by=["optimizer", "num_params", "depth", "widths"])
     out = frac[["optimizer", "num_params", "depth", "widths", "num_points", "num_converged",
-                "num_gradient_flat", "fraction_minima", "ci_low", "ci_high"]].copy()  # fmt: skip
+                "num_gradient_flat", "fraction_minima", "ci_low", "ci_high",
+                "fraction_undetermined"]].copy()  # fmt: skip
     out["median_index"] = idx["median_index"].to_numpy()
     out["median_loss"] = idx["median_loss"].to_numpy()
     return _table(out) + "\n"

@@ -129,3 +129,48 @@ def test_linear_autoencoder_reference_matches_dense_hessians_of_the_sample_loss(
         assert ref.loc[[subset], "num_negative"].item() == int(np.sum(eig < -1e-5)), subset
     # Only the global minimum (the top-p directions) has index 0.
     assert list(ref.index[ref["num_negative"] == 0]) == [(0, 1)]
+
+
+def with_bounds(rows):
+    """Rows with stored bounds: (num_negative or None, lo, hi); P = 10, all converged."""
+    df = synthetic([(10, 0.1 * k, 0, 10, True, False, "a") for k in range(len(rows))])
+    neg, lo, hi = zip(*rows)
+    return df.assign(**{"num_negative@1e-5": pd.array(neg, dtype="Int64").astype(float),
+                        "num_negative_lo@1e-5": lo, "num_negative_hi@1e-5": hi})  # fmt: skip
+
+
+def test_classify_minimum_only_when_certified_and_undetermined_when_bounds_straddle():
+    df = with_bounds([(None, 0, 3), (0, 0, 0), (None, 2, 5), (2, 2, 2), (None, 0, 10)])
+    assert analysis.classify(df).tolist() == [
+        "undetermined", "minimum", "saddle", "saddle", "undetermined"
+    ]  # fmt: skip
+    out = analysis.fraction_minima(df).iloc[0]
+    assert out["num_minima"] == 1 and out["num_undetermined"] == 2
+    assert out["fraction_minima"] == pytest.approx(0.2)
+    assert out["fraction_undetermined"] == pytest.approx(0.4)
+    assert analysis.optimizer_summary(df).iloc[0]["fraction_minima"] == pytest.approx(0.2)
+
+
+def test_classify_reads_results_from_before_the_bounds_were_stored():
+    # Old parts: dense counts (exact) and Lanczos cells with empty counts, no lo/hi columns.
+    df = synthetic([(10, 0.1, 0, 10, True, False, "a"), (10, 0.2, 3, 7, True, False, "a")])
+    df = pd.concat([df, df.iloc[:1].assign(**{"num_negative@1e-5": np.nan})], ignore_index=True)
+    assert analysis.classify(df).tolist() == ["minimum", "saddle", "undetermined"]
+    # One study with old and new parts: the bounds of the old rows come from their counts.
+    new = with_bounds([(None, 1, 4)])
+    both = pd.concat([df, new], ignore_index=True)
+    assert analysis.classify(both).tolist() == ["minimum", "saddle", "undetermined", "saddle"]
+    with pytest.raises(KeyError, match="no counts at 1e-3"):
+        analysis.classify(df, zero_tol=1e-3)
+
+
+def test_a_missing_count_is_never_an_index_of_zero():
+    # Two exact saddles (index 0.4) and three points without an exact count.
+    df = with_bounds([(4, 4, 4), (4, 4, 4), (None, 0, 6), (None, 0, 6), (None, 0, 6)])
+    summary = analysis.index_summary(df).iloc[0]
+    assert summary["median_index"] == pytest.approx(0.4) and summary["num_exact"] == 2
+    assert analysis.optimizer_summary(df).iloc[0]["median_index"] == pytest.approx(0.4)
+    q = analysis.index_at_loss_quantiles(df, quantiles=(0.5,))
+    assert q["num_points"].sum() == 2 and q["mean_index"].iloc[0] == pytest.approx(0.4)
+    reference = pd.DataFrame({"loss": [0.0, 0.2], "num_negative": [4, 0]})
+    assert analysis.exact_matches(df, reference).tolist() == [True, False, False, False, False]

@@ -31,6 +31,9 @@ def with_(path, value):
 def test_resolve_fills_defaults_and_expand_makes_the_grid():
     cfg = config.resolve(copy.deepcopy(BASE))
     assert cfg["spectrum"]["zero_tols"] == [1e-8, 1e-6, 1e-5, 1e-4]
+    assert cfg["spectrum"]["relative_tols"] == [1e-3] and cfg["spectrum"]["method"] == "auto"
+    assert cfg["spectrum"]["full_spectrum_max_params"] == 2000
+    assert cfg["spectrum"]["dense_max_params"] == 0 and cfg["spectrum"]["max_matvecs"] == 3000
     assert cfg["study"]["dtype"] == "float64"
     cells = config.expand(cfg)
     assert len(cells) == 2 * 2 * 2 * 2 * 2  # depth x width x activation x optimizer x finder
@@ -70,10 +73,50 @@ def test_per_layer_widths_pair_with_their_depth_and_depth_zero_once():
     assert shapes == {(0, "3"), (2, "3"), (2, "[4, 2]")}
 
 
-def test_dense_threshold_picks_the_large_method():
-    cfg = config.resolve(with_(["spectrum"], {"dense_max_params": 60, "large_method": "slq"}))
-    methods = {c["num_params"]: c["spectrum_method"] for c in config.expand(cfg)}
-    assert all((m == "dense") == (P <= 60) for P, m in methods.items())
+def methods(spectrum):
+    """P -> the method that counts each cell (BASE: P = 55, 67, 85, 115)."""
+    cfg = config.resolve(with_(["spectrum"], spectrum))
+    return {c["num_params"]: c["spectrum_method"] for c in config.expand(cfg)}
+
+
+def test_each_cell_says_which_method_counts_it(monkeypatch):
+    assert set(methods({}).values()) == {"eigh"}  # every P <= full_spectrum_max_params
+    # Past full_spectrum_max_params: "auto" is dense while it fits ...
+    assert methods({"full_spectrum_max_params": 60}) == {
+        55: "eigh", 67: "dense", 85: "dense", 115: "dense"
+    }  # fmt: skip
+    # ... the cap sends it matrix-free (and caps the full spectrum too) ...
+    capped = {"full_spectrum_max_params": 100, "dense_max_params": 70}
+    assert methods(capped) == {55: "eigh", 67: "eigh", 85: "lanczos+slq", 115: "lanczos+slq"}
+    # ... and an explicit method is used as given.
+    explicit = {"full_spectrum_max_params": 60, "method": "lanczos"}
+    assert methods(explicit) == {55: "eigh", 67: "lanczos", 85: "lanczos", 115: "lanczos"}
+    # Where dense does not fit, "auto" goes matrix-free instead of failing.
+    monkeypatch.setattr(config.inertia, "dense_fits", lambda P, itemsize: P < 80)
+    assert methods({"full_spectrum_max_params": 60}) == {
+        55: "eigh", 67: "dense", 85: "lanczos+slq", 115: "lanczos+slq"
+    }  # fmt: skip
+    # The plan is not part of the cell id: a machine with more memory resumes the same cells.
+    monkeypatch.undo()
+    ids = [c["cell_id"] for c in config.expand(config.resolve(copy.deepcopy(BASE)))]
+    monkeypatch.setattr(config.inertia, "dense_fits", lambda P, itemsize: False)
+    assert [c["cell_id"] for c in config.expand(config.resolve(copy.deepcopy(BASE)))] == ids
+
+
+def test_dry_run_shows_the_method_of_each_cell():
+    cfg = config.resolve(with_(["spectrum"], {"full_spectrum_max_params": 60, "method": "slq"}))
+    lines = config.describe(cfg, config.expand(cfg)).splitlines()
+    rows = [line.split() for line in lines[2:-2]]
+    assert {(int(r[5]), r[-1]) for r in rows} == {(55, "eigh"), (67, "slq"), (85, "slq"),
+                                                  (115, "slq")}  # fmt: skip
+
+
+def test_removed_large_method_says_what_replaces_it():
+    with pytest.raises(config.ConfigError) as err:
+        config.resolve(with_(["spectrum"], {"large_method": "lanczos"}))
+    message = str(err.value)
+    assert message.startswith("spectrum.large_method: removed") and "\n" not in message
+    assert "spectrum.method" in message and "full_spectrum_max_params" in message
 
 
 @pytest.mark.parametrize(
@@ -106,7 +149,21 @@ def test_dense_threshold_picks_the_large_method():
         (["finder", "batching"], "pmap", "finder.batching"),
         (["spectrum"], {"large_method": "power"}, "spectrum.large_method"),
         (["spectrum"], {"zero_tols": [-1.0]}, "spectrum.zero_tols"),
+        (["spectrum"], {"zero_tols": [0.0]}, "spectrum.zero_tols"),
         (["spectrum"], {"num_matvecs": 1}, "spectrum.num_matvecs"),
+        (["spectrum"], {"method": "power"}, "spectrum.method"),
+        (["spectrum"], {"dense_max_params": -1}, "spectrum.dense_max_params"),
+        (["spectrum"], {"full_spectrum_max_params": 1.5}, "spectrum.full_spectrum_max_params"),
+        (["spectrum"], {"relative_tols": [0.0]}, "spectrum.relative_tols"),
+        (["spectrum"], {"relative_tols": [2.0]}, "spectrum.relative_tols"),
+        (["spectrum"], {"max_matvecs": 1}, "spectrum.max_matvecs"),
+        (["spectrum"], {"failure_prob": 1.0}, "spectrum.failure_prob"),
+        (["spectrum"], {"failure_prob": "small"}, "spectrum.failure_prob"),
+        (
+            ["spectrum"],
+            {"method": "dense", "full_spectrum_max_params": 0, "dense_max_params": 60},
+            "spectrum.dense_max_params",
+        ),
     ],
 )
 def test_config_errors_name_the_key_in_one_line(path, value, key):
@@ -134,8 +191,17 @@ def test_expand_errors_name_the_key():
 def test_dense_spectra_that_cannot_fit_are_refused(monkeypatch):
     monkeypatch.setattr(config, "_available_memory", lambda: 2**16)  # 64 KiB
     cfg = config.resolve(copy.deepcopy(BASE))
-    with pytest.raises(config.ConfigError, match=r"^spectrum\.dense_max_params"):
+    with pytest.raises(config.ConfigError, match=r"^spectrum\.full_spectrum_max_params"):
         config.expand(cfg)
+    # An explicit dense inertia that does not fit: one line before compute; "auto" never fails.
+    monkeypatch.setattr(config.inertia, "dense_fits", lambda P, itemsize: False)
+    for method, fails in (("dense", True), ("auto", False)):
+        cfg = config.resolve(with_(["spectrum"], {"method": method, "full_spectrum_max_params": 0}))
+        if fails:
+            with pytest.raises(config.ConfigError, match=r"^spectrum\.method: \"dense\" at P=55"):
+                config.expand(cfg)
+        else:
+            assert {c["spectrum_method"] for c in config.expand(cfg)} == {"lanczos+slq"}
 
 
 def test_load_by_name_path_and_errors(tmp_path):

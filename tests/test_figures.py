@@ -112,3 +112,54 @@ def test_non_positive_cutoffs_are_refused(tmp_path, capsys):
     assert figures.main([str(directory), "--out", str(tmp_path / "a"), "--cutoffs", "0"]) == 2
     assert "--cutoffs must be > 0" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()  # refused before drawing anything
+
+
+def test_spectral_density_draws_only_complete_spectra_and_weighted_densities():
+    import pandas as pd
+
+    # Per P its lowest-loss point: P = 3 has all its eigenvalues; P = 50 only 3 Ritz values
+    # (never drawn as if they were the spectrum) and, at a worse loss, an SLQ density.
+    df = pd.DataFrame({
+        "row_id": ["a", "b", "c"], "num_params": [3, 50, 50], "loss": [0.1, 0.2, 0.3],
+        "status": ["converged"] * 3, "start_kind": ["end"] * 3,
+        "study": ["fake"] * 3, "config_hash": ["cafe"] * 3,
+    })  # fmt: skip
+    grid = np.linspace(-1.0, 3.0, 101)
+    density = np.exp(-0.5 * (grid - 1.0) ** 2) / np.sqrt(2 * np.pi)
+    spectra = {"a": np.array([-1.0, 0.5, 2.0]), "b": np.array([-40.0, 0.0, 40.0])}
+    fig = figures.spectral_density_figure(df, spectra, {"c": (grid, density)})
+    ax = fig.axes[0]
+    assert [line.get_label().split(" (")[0] for line in ax.lines] == ["P = 3", "P = 50, SLQ"]
+    np.testing.assert_array_equal(ax.lines[1].get_ydata(), density)  # as stored, weighted
+    lo, hi = ax.get_xlim()
+    assert lo > -2 and hi < 4  # the Ritz values at +-40 did not stretch the axis
+
+
+def test_points_without_exact_counts_are_drawn_as_intervals(tmp_path):
+    import pandas as pd
+    from matplotlib.collections import LineCollection
+
+    from saddlestudy import analysis
+
+    # P = 100: two exact points and two whose bounds are [1, 30] and [0, 50] negatives.
+    rows = [(1e-12, 0.1, 5, 5, 5), (1e-12, 0.2, 8, 8, 8), (1e-12, 0.3, None, 1, 30),
+            (1e-12, 0.4, None, 0, 50)]  # fmt: skip
+    df = analysis.with_status(pd.DataFrame([{
+        "row_id": f"r{i}", "num_params": 100, "depth": 1, "widths": "100", "activation": "tanh",
+        "optimizer": "adam", "start_kind": "end", "train_loss": loss, "loss": loss,
+        "num_negative@1e-5": neg, "num_negative_lo@1e-5": lo, "num_negative_hi@1e-5": hi,
+        "num_positive@1e-5": None if neg is None else 100 - neg, "converged": True,
+        "gradient_flat": False, "grad_norm_sq": g, "study": "fake", "config_hash": "cafe",
+    } for i, (g, loss, neg, lo, hi) in enumerate(rows)]))  # fmt: skip
+    fig = figures.index_vs_loss_figure(df)
+    bars = [c for c in fig.axes[0].collections if isinstance(c, LineCollection)]
+    assert len(bars) == 1
+    segments = sorted(tuple(map(tuple, s)) for s in bars[0].get_segments())
+    assert segments == [((0.3, 0.01), (0.3, 0.3)), ((0.4, 0.0), (0.4, 0.5))]
+    # The fraction of minima counts only certified minima; the undetermined one is shown apart.
+    fig = figures.scaling_figure(df)
+    left = fig.axes[1]
+    assert "undetermined" in left.get_title()
+    assert left.lines[-1].get_ydata()[0] == pytest.approx(0.25)  # 0 minima + 1 undetermined
+    paths = figures.save_figure(figures.minimum_ratio_figure(df), tmp_path / "m")
+    assert paths[0].stat().st_size > 10_000

@@ -281,7 +281,11 @@ def test_auto_escalates_to_slq_when_lanczos_cannot_count(x64, monkeypatch):
     monkeypatch.setattr(inertia, "dense_fits", lambda *a: False)
     r = ss.hessian_inertia(loss, params, zero_tol=1e-5, max_matvecs=100)
     truth = int(np.sum(reference < -1e-5))
-    assert r.method == "lanczos+slq" and not r.exact
+    monkeypatch.undo()
+    assert r.method == "lanczos+slq" and not r.exact and r.failure_prob == 1e-3
+    capped = ss.hessian_inertia(loss, params, zero_tol=1e-5, dense_max_params=100)
+    # P = 314 above the cap: matrix-free (here Lanczos reaches depth P, so it is exact).
+    assert capped.method.startswith("lanczos") and capped.num_negative == truth
     assert r.num_negative_lo <= truth <= r.num_negative_hi
     assert r.index_sem > 0
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from conftest import tiny_study_toml
 
-from saddlestudy import config, store, sweep
+from saddlestudy import config, inertia, store, sweep
+from saddlestudy.hessian import dense_hessian
 
 TIMING = {"train_seconds", "finder_seconds", "spectrum_seconds"}
 
@@ -45,6 +46,7 @@ def test_study_writes_one_row_per_point_with_provenance(tmp_path, restore_x64, c
     cfg = config.load(cfg_path)
     assert table.num_rows == 2 * 2 * 2  # cells x replicas x (snapshot + end)
     rows = table.to_pylist()
+    assert "undet." in out.out
     for r in rows:
         assert r["config_hash"] == config.config_hash(cfg)
         assert r["git_commit"] and r["jax_version"] and r["device"].startswith("cpu")
@@ -55,6 +57,13 @@ def test_study_writes_one_row_per_point_with_provenance(tmp_path, restore_x64, c
         eig = store.load_spectrum(tmp_path / "out", "tiny", r["row_id"])["eigenvalues"]
         assert eig.shape == (r["num_params"],)
         assert int((eig < -1e-5).sum()) == r["num_negative@1e-5"]
+        # All P eigenvalues: exact counts, bounds that meet, no empty column.
+        assert r["spectrum_method"] == "eigh" and r["counts_exact"] and r["failure_prob"] == 0
+        assert r["index"] == r["num_negative@1e-5"] / r["num_params"]
+        assert r["tau@rel1e-3"] == 1e-3 * eig[-1] and r["lambda_max"] == eig[-1]
+        neg = int((eig < -r["tau@rel1e-3"]).sum())
+        assert r["num_negative_lo@rel1e-3"] == r["num_negative_hi@rel1e-3"] == neg
+        assert not [k for k, v in r.items() if v is None and k != "start_loss_level"]
     assert {r["start_kind"] for r in rows} == {"step", "end"}
     saved = json.loads((tmp_path / "out" / "tiny" / "config.json").read_text())
     assert saved == cfg
@@ -214,3 +223,99 @@ def test_finder_batching_auto_follows_the_platform():
     cpu = jax.devices()[0].platform == "cpu"
     assert sweep.finder_batching("auto") == ("map" if cpu else "vmap")
     assert sweep.finder_batching("vmap") == "vmap" and sweep.finder_batching("map") == "map"
+
+
+def reference_eigenvalues(loss_fn, params):
+    """All eigenvalues of the float64 dense Hessian (numpy's eigvalsh): the independent truth."""
+    H = np.asarray(dense_hessian(loss_fn, params), dtype=np.float64)
+    return np.linalg.eigvalsh(0.5 * (H + H.T))
+
+
+# spectrum.method, the overrides, the spectrum_method rows may record. P = 40 throughout.
+INERTIA_CASES = {
+    "dense": ({}, {"dense"}),
+    # 10 Lanczos products are too few for exact counts: the bounds must say so.
+    "lanczos": ({"spectrum.max_matvecs": 10}, {"lanczos"}),
+    # SLQ depth num_matvecs = 64 > P = 40 (a cell like this used to crash).
+    "slq": ({}, {"slq"}),
+    # "auto" past the cap: Lanczos, then SLQ (8 deep: estimates) where Lanczos is not exact.
+    "auto": (
+        {"spectrum.dense_max_params": 1, "spectrum.max_matvecs": 10, "spectrum.num_matvecs": 8},
+        {"lanczos", "lanczos+slq"},
+    ),
+}
+
+
+@pytest.mark.parametrize("method", list(INERTIA_CASES))
+def test_counts_past_the_full_spectrum_hold_against_a_dense_reference(
+    tmp_path, restore_x64, monkeypatch, method
+):
+    # full_spectrum_max_params = 0: every point is counted by hessian_inertia, one by one.
+    points = []
+    real = inertia.hessian_inertia
+
+    def spy(loss_fn, params, **kwargs):
+        if kwargs["method"] in (method, "lanczos+slq"):  # "auto" past the cap: lanczos+slq
+            points.append((loss_fn, params))
+        return real(loss_fn, params, **kwargs)
+
+    monkeypatch.setattr(inertia, "hessian_inertia", spy)
+    extra, recorded_methods = INERTIA_CASES[method]
+    overrides = {"spectrum.full_spectrum_max_params": 0, "spectrum.method": method,
+                 "train.replicas": 1, **extra}  # fmt: skip
+    cfg = config.load(write_config(tmp_path, widths="[2]"), overrides=overrides)
+    rows = store.load_results(sweep.run_study(cfg, tmp_path, quiet=True)).to_pylist()
+    assert len(rows) == len(points) == 2
+    suffixes = [(sweep._tol_name(t), t) for t in cfg["spectrum"]["zero_tols"]] + [("rel1e-3", None)]
+    exact_seen = []
+    for row, (loss_fn, params) in zip(rows, points, strict=True):
+        # The counted point is the stored one.
+        assert float(loss_fn(params)) == pytest.approx(row["loss"], rel=1e-12, abs=1e-15)
+        eig = reference_eigenvalues(loss_fn, params)
+        slack = 1e-10 * np.abs(eig).max()  # eigenvalues this close to a threshold: either side
+        assert row["spectrum_method"] in recorded_methods and row["num_params"] == eig.size == 40
+        assert row["lambda_min"] >= eig[0] - slack and row["lambda_max"] <= eig[-1] + slack
+        for suffix, tau in suffixes:
+            if tau is None:
+                tau = row[f"tau@{suffix}"]
+                assert tau == pytest.approx(1e-3 * eig[-1], rel=1e-8)
+            fewest, most = int(np.sum(eig < -tau - slack)), int(np.sum(eig < -tau + slack))
+            lo, hi = row[f"num_negative_lo@{suffix}"], row[f"num_negative_hi@{suffix}"]
+            neg = row[f"num_negative@{suffix}"]
+            assert lo <= most and hi >= fewest, (suffix, lo, hi, fewest, most)
+            exact_seen.append(neg is not None)
+            if neg is None:  # not exact: bounds apart, no count, no index from a Ritz count
+                assert lo < hi and row[f"num_zero@{suffix}"] is None
+                assert row[f"num_positive@{suffix}"] is None
+            else:
+                assert lo == hi == neg and fewest <= neg <= most
+                assert row[f"index_estimate@{suffix}"] == neg / 40
+                assert row[f"index_sem@{suffix}"] == 0
+            if method == "dense":  # exact at every threshold, nothing left empty
+                assert neg is not None
+                above = int(np.sum(eig > tau + slack)), int(np.sum(eig > tau - slack))
+                assert above[0] <= row[f"num_positive@{suffix}"] <= above[1]
+                assert neg + row[f"num_zero@{suffix}"] + row[f"num_positive@{suffix}"] == 40
+        assert row["counts_exact"] == (row["num_negative@1e-5"] is not None)
+        assert (row["index"] is None) == (not row["counts_exact"])
+        assert row["failure_prob"] == (0.0 if method == "dense" else 1e-3)
+    if method in ("lanczos", "auto"):
+        assert not all(exact_seen)  # the not-exact path was taken
+
+
+def test_summary_classifies_from_the_bounds():
+    import pyarrow as pa
+
+    def row(lo, hi, exact, converged=True):
+        neg = lo if exact else None
+        return {"num_params": 10, "depth": 1, "widths": "10", "activation": "tanh",
+                "converged": converged, "gradient_flat": False, "zero_tol": 1e-5,
+                "num_negative@1e-5": neg, "num_negative_lo@1e-5": lo,
+                "num_negative_hi@1e-5": hi}  # fmt: skip
+
+    rows = [row(0, 0, True), row(0, 3, False), row(2, 5, False), row(4, 4, True)]
+    rows += [row(0, 0, True, converged=False)]
+    table = pa.Table.from_pylist(rows)
+    line = sweep.summarize(table).splitlines()[2].split()
+    # minima: 1 of 4 converged; undetermined: 1 of 4; median index of the exact 0 and 0.4.
+    assert line[4:] == ["5", "0.80", "0.00", "0.25", "0.25", "0.2000"]
