@@ -27,10 +27,10 @@ import pandas as pd
 import threadpoolctl
 from scipy import optimize, stats
 
-from saddlestudy import store
+from saddlestudy import spectrum, store
 
 ARCH = ["num_params", "depth", "widths", "activation"]
-DEFAULT_ZERO_TOL = 1e-5
+DEFAULT_ZERO_TOL = spectrum.DEFAULT_ZERO_TOL
 
 
 def load(root: str | Path, study: str | None = None) -> pd.DataFrame:

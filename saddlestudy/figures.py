@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from saddlestudy import analysis  # noqa: E402
 from saddlestudy.config import DEFAULT_FIGURE_CUTOFFS  # noqa: E402
 
 # Fixed metadata so that the same data give byte-identical files (no dates, no versions).
@@ -151,7 +152,6 @@ def _intervals(ax, loss, lo, hi, index, num_params, colors, sel) -> None:
 
 
 def _fit_lines(ax, loss, index) -> None:
-    from saddlestudy import analysis
 
     if len(loss) < 3:
         return
@@ -168,7 +168,7 @@ def _fit_lines(ax, loss, index) -> None:
 def index_vs_loss_figure(
     df,
     *,
-    zero_tol: float = 1e-5,
+    zero_tol: float = analysis.DEFAULT_ZERO_TOL,
     cutoffs: Sequence[float] | None = None,
     reference=None,
 ):
@@ -182,7 +182,6 @@ def index_vs_loss_figure(
     A point whose count is not exact is drawn as its interval (lower to upper bound over P),
     and the fits use exact counts only.
     """
-    from saddlestudy import analysis
 
     panels = list(cutoffs) if cutoffs else [None]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1.2, 4.2),
@@ -231,10 +230,9 @@ def index_vs_loss_figure(
     return fig
 
 
-def scaling_figure(df, *, zero_tol: float = 1e-5):
+def scaling_figure(df, *, zero_tol: float = analysis.DEFAULT_ZERO_TOL):
     """Against P, per optimizer and depth (95% CIs): the fraction of starts that converged to a
     critical point, the fraction of minima among those, and their median index."""
-    from saddlestudy import analysis
 
     fig, (conv_ax, left, right) = plt.subplots(1, 3, figsize=(13.0, 4.0), layout="constrained")
     colors = dict(zip(sorted(set(df["optimizer"])), plt.get_cmap("tab10").colors))
@@ -278,9 +276,8 @@ def scaling_figure(df, *, zero_tol: float = 1e-5):
     return fig
 
 
-def minimum_ratio_figure(df, *, zero_tol: float = 1e-5):
+def minimum_ratio_figure(df, *, zero_tol: float = analysis.DEFAULT_ZERO_TOL):
     """Minimum ratio vs loss per point (the lecture's plot), by status and P."""
-    from saddlestudy import analysis
 
     table = analysis.minimum_ratio_vs_loss(df, zero_tol=zero_tol)
     fig, ax = plt.subplots(figsize=(5.5, 4.2), layout="constrained")
@@ -316,7 +313,6 @@ def spectral_density_figure(
     (quadrature weights applied; each integrates to 1), drawn as stored, dashed, for the P
     without all eigenvalues.
     """
-    from saddlestudy import analysis
 
     densities = densities or {}
     fig, ax = plt.subplots(figsize=(6.0, 4.0), layout="constrained")

@@ -84,7 +84,7 @@ Params = Any
 LossFn = Callable[[Params], jax.Array]
 
 INERTIA_METHODS = ("auto", "dense", "lanczos", "slq", "lanczos+slq")
-DEFAULT_ZERO_TOL = 1e-5
+DEFAULT_ZERO_TOL = spectrum_lib.DEFAULT_ZERO_TOL
 DEFAULT_FAILURE_PROB = 1e-3
 DEFAULT_MAX_MATVECS = 3000  # Lanczos: the most Hessian-vector products over all rounds
 DEFAULT_MAX_LOCKED = 256  # Lanczos: the most locked (deflated) Ritz pairs

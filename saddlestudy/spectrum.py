@@ -99,6 +99,9 @@ METHODS = ("dense", "lanczos", "slq")
 TRACE_ESTIMATORS = ("hutchinson", "xtrace")
 EIGENPAIR_WHICH = ("largest", "smallest")
 
+# The zero tolerance of every count unless one is given: |lambda| <= 1e-5 is zero (Frye's
+# thesis; shared/SCIENCE.md §1). The one definition in the package.
+DEFAULT_ZERO_TOL = 1e-5
 DEFAULT_NUM_MATVECS = 100  # Lanczos/SLQ Krylov depth m (capped at P)
 DEFAULT_NUM_EXTREME = 10  # Ritz pairs at each end that the convergence flag covers
 DEFAULT_NUM_PROBES = 16  # SLQ probes
@@ -809,7 +812,7 @@ def hessian_spectrum(
     params: Params,
     *,
     method: str = "dense",
-    zero_tol: float = 1e-5,
+    zero_tol: float = DEFAULT_ZERO_TOL,
     num_matvecs: int | None = None,
     num_extreme: int | None = None,
     tol: float | None = None,
@@ -888,7 +891,7 @@ def hessian_spectra(
     params_R: Params,
     *,
     method: str = "dense",
-    zero_tol: float = 1e-5,
+    zero_tol: float = DEFAULT_ZERO_TOL,
     num_matvecs: int | None = None,
     num_extreme: int | None = None,
     tol: float | None = None,

@@ -213,7 +213,8 @@ def run_cell(cfg: dict, cell: dict) -> tuple[pa.Table, dict[str, np.ndarray]]:
 def primary_zero_tol(zero_tols: Sequence[float]) -> float:
     """The tolerance of a row's ``index``, ``minimum_ratio`` and ``counts_exact``: 1e-5 (Frye's
     choice, shared/SCIENCE.md §1) when the study counts at it, else its largest."""
-    return 1e-5 if 1e-5 in zero_tols else max(zero_tols)
+    default = spectrum.DEFAULT_ZERO_TOL
+    return default if default in zero_tols else max(zero_tols)
 
 
 def _point_inertias(cfg, cell, loss_fn, params_R, keep) -> dict[int, tuple]:

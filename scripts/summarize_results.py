@@ -17,7 +17,7 @@ import pandas as pd
 
 from saddlestudy import analysis
 
-ZERO_TOL = 1e-5
+ZERO_TOL = analysis.DEFAULT_ZERO_TOL
 
 
 def _table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
