@@ -119,10 +119,6 @@ def _stable_int(*parts) -> int:
     return int(hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:8], 16)
 
 
-def _tol_name(tol: float) -> str:
-    return f"{tol:.0e}".replace("e-0", "e-").replace("e+0", "e+")
-
-
 def run_cell(cfg: dict, cell: dict) -> tuple[pa.Table, dict[str, np.ndarray]]:
     """Trains, finds and measures one cell; returns its rows and its spectra."""
     dtype = cfg["study"]["dtype"]
@@ -321,8 +317,8 @@ def _rows(cfg, cell, arch, result, found, counts, kinds, keep, timings):
     prov = provenance()
     spec = cfg["spectrum"]
     primary_tol = primary_zero_tol(spec["zero_tols"])
-    suffixes = [_tol_name(tol) for tol in spec["zero_tols"]]
-    suffixes += [f"rel{_tol_name(c)}" for c in spec["relative_tols"]]
+    thresholds = [(t, False) for t in spec["zero_tols"]]
+    thresholds += [(c, True) for c in spec["relative_tols"]]
     primary = spec["zero_tols"].index(primary_tol)
     columns: dict[str, list] = {}
     arrays: dict[str, np.ndarray] = {}
@@ -385,8 +381,8 @@ def _rows(cfg, cell, arch, result, found, counts, kinds, keep, timings):
             **prov,
             "dtype": cfg["study"]["dtype"],
         }
-        for suffix, x in zip(suffixes, inertias, strict=True):
-            row.update(_count_columns(suffix, x))
+        for (tol, relative), x in zip(thresholds, inertias, strict=True):
+            row.update(_count_columns(tol, relative, x))
         for key, value in row.items():
             columns.setdefault(key, []).append(value)
         if eigenvalues is not None:  # all P of them: nothing partial is ever stored
@@ -406,22 +402,23 @@ def _nullable_fraction(value, x):
     return None if count is None else count / x.num_params
 
 
-def _count_columns(suffix: str, x) -> dict:
-    """The columns of one threshold: exact counts (or null), bounds, SEM, estimate."""
+def _count_columns(tol: float, relative: bool, x) -> dict:
+    """The columns of one threshold (named by :func:`saddlestudy.analysis.tol_column`): exact
+    counts (or null), bounds, SEM, estimate; relative thresholds also the tau used."""
     estimate = float(x.index) if x.index is not None else math.nan
-    out = {
-        f"num_negative@{suffix}": _exact(x.num_negative, x),
-        f"num_zero@{suffix}": _exact(x.num_zero, x),
-        f"num_positive@{suffix}": _exact(x.num_positive, x),
-        f"num_negative_lo@{suffix}": int(x.num_negative_lo),
-        f"num_negative_hi@{suffix}": int(x.num_negative_hi),
-        f"index_estimate@{suffix}": estimate if math.isfinite(estimate) else None,
-        f"index_sem@{suffix}": 0.0 if x.exact else float(x.index_sem),
-        f"index_bias_bound@{suffix}": 0.0 if x.exact else float(x.index_bias_bound),
+    values = {
+        "num_negative": _exact(x.num_negative, x),
+        "num_zero": _exact(x.num_zero, x),
+        "num_positive": _exact(x.num_positive, x),
+        "num_negative_lo": int(x.num_negative_lo),
+        "num_negative_hi": int(x.num_negative_hi),
+        "index_estimate": estimate if math.isfinite(estimate) else None,
+        "index_sem": 0.0 if x.exact else float(x.index_sem),
+        "index_bias_bound": 0.0 if x.exact else float(x.index_bias_bound),
     }
-    if x.relative_tol is not None:
-        out[f"tau@{suffix}"] = float(x.zero_tol)
-    return out
+    if relative:
+        values["tau"] = float(x.zero_tol)
+    return {analysis.tol_column(k, tol, relative=relative): v for k, v in values.items()}
 
 
 def _column_type(name: str) -> pa.DataType | None:

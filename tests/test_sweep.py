@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import tiny_study_toml
 
-from saddlestudy import config, inertia, store, sweep
+from saddlestudy import analysis, config, inertia, store, sweep
 from saddlestudy.hessian import dense_hessian
 
 TIMING = {"train_seconds", "finder_seconds", "spectrum_seconds"}
@@ -266,7 +266,8 @@ def test_counts_past_the_full_spectrum_hold_against_a_dense_reference(
     cfg = config.load(write_config(tmp_path, widths="[2]"), overrides=overrides)
     rows = store.load_results(sweep.run_study(cfg, tmp_path, quiet=True)).to_pylist()
     assert len(rows) == len(points) == 2
-    suffixes = [(sweep._tol_name(t), t) for t in cfg["spectrum"]["zero_tols"]] + [("rel1e-3", None)]
+    suffixes = [(analysis.tol_column("", t)[1:], t) for t in cfg["spectrum"]["zero_tols"]]
+    suffixes += [("rel1e-3", None)]
     exact_seen = []
     for row, (loss_fn, params) in zip(rows, points, strict=True):
         # The counted point is the stored one.
