@@ -12,10 +12,12 @@ dtype = "float64"           # "float64" (critical points need it) or "float32"
 [[data]]                    # one table per dataset; any keyword of data.load_dataset
 name = "digits"             # required
 pca_dim = 8
+# random_labels = 0         # optional: the targets shuffled by data.random_labels(ds, seed)
 
 [model]                     # each key a value or a list of values (grid axes)
 depth = [1]
-width = [2, 4, 8]           # an int per hidden layer, or a list per layer: [[8, 4]]
+width = [8]                 # an int per hidden layer, or a list per layer: [[8, 4]]; a grid
+                            # axis as a list of values, e.g. [2, 4, 8]
 activation = ["tanh"]
 use_bias = true
 loss = "auto"               # "auto" (cross-entropy to classify, mse to regress) or a loss
@@ -31,7 +33,7 @@ num_steps = 1000
 record_every = 50
 replicas = 8
 batch_size = 0              # 0 = full batch
-snapshot_steps = [100]      # starts for the finder, besides the end point
+snapshot_steps = []         # starts for the finder besides the end point, e.g. [100]
 snapshot_losses = []
 
 [finder]
@@ -78,6 +80,7 @@ from pathlib import Path
 from typing import Any
 
 from saddlestudy import data, inertia, losses, models, optim, spectrum
+from saddlestudy._checks import is_int
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 DEFAULT_STUDY = "default"
@@ -113,7 +116,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "finder": {"method": ["newton_mr"], "grad_tol": 1e-10, "max_iters": 100, "batching": "auto"},
     "spectrum": {
-        "full_spectrum_max_params": 2000,
+        "full_spectrum_max_params": spectrum.DENSE_EIGH_MAX_PARAMS,
         "method": "auto",
         "dense_max_params": 0,
         "zero_tols": [1e-8, 1e-6, 1e-5, 1e-4],
@@ -140,10 +143,6 @@ def _fail(key: str, message: str):
     raise ConfigError(f"{key}: {message}")
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -157,10 +156,10 @@ def _as_list(key: str, value) -> list:
 
 def _check_widths(key: str, widths: list, depths: list) -> None:
     for w in widths:
-        if _is_int(w):
+        if is_int(w):
             if w < 1:
                 _fail(key, f"widths must be >= 1, got {w}")
-        elif isinstance(w, list) and all(_is_int(v) and v >= 1 for v in w):
+        elif isinstance(w, list) and all(is_int(v) and v >= 1 for v in w):
             if not any(len(w) == d for d in depths):
                 _fail(key, f"per-layer widths {w} match no depth in model.depth {depths}")
         else:
@@ -201,7 +200,7 @@ def resolve(raw: dict) -> dict:
         _fail("study.name", "a non-empty string is required")
     if any(c in study["name"] for c in "/\\") or study["name"].startswith("."):
         _fail("study.name", f"must be a plain directory name, got {study['name']!r}")
-    if not _is_int(study["seed"]):
+    if not is_int(study["seed"]):
         _fail("study.seed", f"must be an int, got {study['seed']!r}")
     if study["dtype"] not in ("float32", "float64"):
         _fail("study.dtype", f"must be 'float32' or 'float64', got {study['dtype']!r}")
@@ -215,6 +214,8 @@ def resolve(raw: dict) -> dict:
         key = f"data[{i}]"
         if not isinstance(entry, dict) or "name" not in entry:
             _fail(key, "each [[data]] table needs a name")
+        if entry["name"] == "random_labels":
+            _fail(f"{key}.name", "random_labels is a key, e.g. name = 'digits', random_labels = 0")
         if entry["name"] not in data.DATASETS:
             _fail(f"{key}.name", f"unknown dataset {entry['name']!r}; choose from {data.DATASETS}")
         if "dtype" in entry:
@@ -223,7 +224,7 @@ def resolve(raw: dict) -> dict:
 
     model = cfg["model"]
     for d in model["depth"]:
-        if not _is_int(d) or d < 0:
+        if not is_int(d) or d < 0:
             _fail("model.depth", f"depths must be ints >= 0, got {d!r}")
     _check_widths("model.width", model["width"], model["depth"])
     for a in model["activation"]:
@@ -256,11 +257,11 @@ def resolve(raw: dict) -> dict:
 
     train_cfg = cfg["train"]
     for key in ("num_steps", "record_every", "replicas"):
-        if not _is_int(train_cfg[key]) or train_cfg[key] < 1:
+        if not is_int(train_cfg[key]) or train_cfg[key] < 1:
             _fail(f"train.{key}", f"must be an int >= 1, got {train_cfg[key]!r}")
     if train_cfg["num_steps"] % train_cfg["record_every"]:
         _fail("train.record_every", f"must divide train.num_steps ({train_cfg['num_steps']})")
-    if not _is_int(train_cfg["batch_size"]) or train_cfg["batch_size"] < 0:
+    if not is_int(train_cfg["batch_size"]) or train_cfg["batch_size"] < 0:
         _fail(
             "train.batch_size",
             f"must be an int >= 0 (0 = full batch), got {train_cfg['batch_size']!r}",
@@ -271,7 +272,7 @@ def resolve(raw: dict) -> dict:
         else []
     )
     for s in steps:
-        if not _is_int(s) or not 0 <= s <= train_cfg["num_steps"]:
+        if not is_int(s) or not 0 <= s <= train_cfg["num_steps"]:
             _fail("train.snapshot_steps", f"steps must be ints in [0, num_steps], got {s!r}")
     for v in train_cfg["snapshot_losses"]:
         if not _is_number(v):
@@ -283,7 +284,7 @@ def resolve(raw: dict) -> dict:
             _fail("finder.method", f"unknown {m!r}; choose from {FINDER_METHODS}")
     if not _is_number(finder["grad_tol"]) or not finder["grad_tol"] > 0:
         _fail("finder.grad_tol", f"must be a number > 0, got {finder['grad_tol']!r}")
-    if not _is_int(finder["max_iters"]) or finder["max_iters"] < 1:
+    if not is_int(finder["max_iters"]) or finder["max_iters"] < 1:
         _fail("finder.max_iters", f"must be an int >= 1, got {finder['max_iters']!r}")
     if finder["batching"] not in FINDER_BATCHING:
         _fail("finder.batching", f"unknown {finder['batching']!r}; choose from {FINDER_BATCHING}")
@@ -292,10 +293,10 @@ def resolve(raw: dict) -> dict:
     if spec["method"] not in SPECTRUM_METHODS:
         _fail("spectrum.method", f"unknown {spec['method']!r}; choose from {SPECTRUM_METHODS}")
     for key in ("full_spectrum_max_params", "dense_max_params"):
-        if not _is_int(spec[key]) or spec[key] < 0:
+        if not is_int(spec[key]) or spec[key] < 0:
             _fail(f"spectrum.{key}", f"must be an int >= 0, got {spec[key]!r}")
     for key in ("num_matvecs", "max_matvecs"):
-        if not _is_int(spec[key]) or spec[key] < 2:
+        if not is_int(spec[key]) or spec[key] < 2:
             _fail(f"spectrum.{key}", f"must be an int >= 2, got {spec[key]!r}")
     if not _is_number(spec["failure_prob"]) or not 0 < spec["failure_prob"] < 1:
         _fail("spectrum.failure_prob", f"must be a number in (0, 1), got {spec['failure_prob']!r}")
@@ -427,9 +428,13 @@ def _arch(ds: data.Dataset, depth: int, width, activation: str, use_bias: bool) 
 
 
 def load_cell_dataset(cfg: dict, entry: dict) -> data.Dataset:
-    """The dataset of a [[data]] entry in the study's dtype."""
-    kwargs = {k: v for k, v in entry.items() if k != "name"}
-    return data.load_dataset(entry["name"], dtype=cfg["study"]["dtype"], **kwargs)
+    """The dataset of a [[data]] entry in the study's dtype (``random_labels = SEED``: its
+    targets shuffled by :func:`saddlestudy.data.random_labels`)."""
+    kwargs = {k: v for k, v in entry.items() if k not in ("name", "random_labels")}
+    ds = data.load_dataset(entry["name"], dtype=cfg["study"]["dtype"], **kwargs)
+    if "random_labels" in entry:
+        ds = data.random_labels(ds, entry["random_labels"])
+    return ds
 
 
 def expand(cfg: dict, datasets: list[data.Dataset] | None = None) -> list[dict]:

@@ -77,7 +77,9 @@ import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from saddlestudy import hessian, krylov, linalg
+from saddlestudy import hessian, krylov, linalg, spectrum
+from saddlestudy._checks import check_int, reject_renamed
+from saddlestudy._results import plain, ravel_batched
 
 Params = Any
 LossFn = Callable[[Params], jax.Array]
@@ -208,16 +210,9 @@ class FinderOptions:
             "max_backtracks", "krylov_dim", "frobenius_exact_max", "frobenius_probes",
             "flat_krylov_dim",
         ):  # fmt: skip
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"FinderOptions.{name} must be an int >= 1, got {value!r}")
-        if self.linear_maxiter is not None and (
-            not isinstance(self.linear_maxiter, (int, np.integer)) or self.linear_maxiter < 1
-        ):
-            raise ValueError(
-                f"FinderOptions.linear_maxiter must be None or an int >= 1, "
-                f"got {self.linear_maxiter!r}"
-            )
+            check_int(f"FinderOptions.{name}", getattr(self, name), 1)
+        if self.linear_maxiter is not None:
+            check_int("FinderOptions.linear_maxiter", self.linear_maxiter, 1)
         if self.gradnorm_optimizer not in ("backtracking", "adam"):
             raise ValueError(
                 f"unknown gradnorm_optimizer {self.gradnorm_optimizer!r}; "
@@ -275,7 +270,8 @@ class CriticalPoint:
       num_grads: loss-and-gradient evaluations spent.
       loss_history: loss after each iteration, entry 0 at the start; NaN past the end.
       grad_norm_sq_history: ``|grad L|^2`` likewise.
-      method: the finder.
+      method: the finder (``"none"`` in a study: the starts, measured and not moved;
+        zero iterations and NaN residuals).
       grad_tol: the convergence threshold.
       max_iters: the iteration budget (history length - 1).
     """
@@ -344,12 +340,6 @@ class CriticalPoint:
 # --------------------------------------------------------------------------- validation
 
 
-def _check_positive_int(name: str, value: Any) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return int(value)
-
-
 def _resolve_config(
     method: str,
     grad_tol: Any,
@@ -369,7 +359,7 @@ def _resolve_config(
         raise ValueError(f"grad_tol must be finite and > 0, got {grad_tol!r}")
     if max_iters is None:
         max_iters = DEFAULT_MAX_ITERS[method]
-    max_iters = _check_positive_int("max_iters", max_iters)
+    max_iters = check_int("max_iters", max_iters, 1)
     if options is None:
         options = FinderOptions()
     if not isinstance(options, FinderOptions):
@@ -877,12 +867,53 @@ class SaddleEscape:
     direction: Params
     escaped: jax.Array
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python / NumPy values; ``params`` and ``direction`` flattened to shape (P,)
+        (batched: (R, P)) in ``ravel_pytree`` order."""
+        batch_ndim = np.ndim(self.loss)
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("params", "direction"):
+                out[f.name] = ravel_batched(value, batch_ndim)
+            else:
+                out[f.name] = plain(value)
+        return out
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["flat_residual", "flat_residual_hessian", "hessian_fro_norm", "gradient_flat"],
+    meta_fields=[],
+)
+@dataclasses.dataclass(frozen=True)
+class GradientFlatTest:
+    """The result of :func:`gradient_flat_test` (Frye et al. 2021's residual test at a point).
+
+    Attributes:
+      flat_residual: ``r = |Hp + g| / (|H|_F |p| + |g|)`` with p the Newton-MR step.
+      flat_residual_hessian: ``r_H = |H(Hp + g)| / (|H|_F |Hp + g|)``.
+      hessian_fro_norm: the ``|H|_F`` used (exact or Hutchinson, see the module docs).
+      gradient_flat: ``r > flat_residual`` and ``r_H < flat_residual_hessian`` of the
+        options (0.9 and 5e-4); unlike :class:`CriticalPoint`'s flag it does not exclude
+        converged points.
+    """
+
+    flat_residual: jax.Array
+    flat_residual_hessian: jax.Array
+    hessian_fro_norm: jax.Array
+    gradient_flat: jax.Array
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python floats and bool (NumPy arrays when batched)."""
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
 
 @functools.partial(jax.jit, static_argnums=(0, 2, 3, 4, 5, 6, 7))
-def _escape(loss_fn, params, eigen_method, krylov_dim, max_step, num_steps, shrink, zero_tol, key):
+def _escape(loss_fn, params, method, num_matvecs, max_step, num_step_sizes, shrink, zero_tol, key):
     f, theta = hessian.flat_loss(loss_fn, params)
     unravel = ravel_pytree(params)[1]
-    if eigen_method == "dense":
+    if method == "dense":
         H = hessian.dense_hessian(loss_fn, params)
         lam, vecs = jnp.linalg.eigh(0.5 * (H + H.T))
         eigenvalue, u = lam[0], vecs[:, 0]
@@ -894,14 +925,14 @@ def _escape(loss_fn, params, eigen_method, krylov_dim, max_step, num_steps, shri
         def hvp(v):
             return jax.jvp(grad, (theta,), (v,))[1]
 
-        ritz, Y = _lanczos_ritz(hvp, v0, krylov_dim, restart)
+        ritz, Y = _lanczos_ritz(hvp, v0, num_matvecs, restart)
         eigenvalue, u = ritz[0], Y[0]
     u = krylov.unit(u)
     loss0 = f(theta)
     # Both signs of u on a geometric grid of step lengths: L(theta + t u) ~ L + t g.u +
     # lambda t^2 / 2 descends for either sign at a saddle (g = 0); away from one the sign
     # with g.u < 0 wins. The grid search needs no while loop and finds the best length.
-    t = max_step * shrink ** jnp.arange(num_steps, dtype=theta.dtype)
+    t = max_step * shrink ** jnp.arange(num_step_sizes, dtype=theta.dtype)
     t = jnp.concatenate([t, -t])
     losses = jax.vmap(lambda ti: f(theta + ti * u))(t)
     losses = jnp.where(jnp.isfinite(losses), losses, jnp.inf)
@@ -920,53 +951,66 @@ def _escape(loss_fn, params, eigen_method, krylov_dim, max_step, num_steps, shri
     )
 
 
+# escape_saddle's keywords before they took the package's names (a TypeError names the new).
+_ESCAPE_RENAMED = {
+    "eigen_method": "method",
+    "krylov_dim": "num_matvecs",
+    "num_steps": "num_step_sizes",
+}
+
+
 def escape_saddle(
     loss_fn: LossFn,
     params: Params,
     *,
-    eigen_method: str = "auto",
-    krylov_dim: int = 50,
+    method: str = "auto",
+    num_matvecs: int = 50,
     max_step: float = 1.0,
-    num_steps: int = 60,
+    num_step_sizes: int = 60,
     shrink: float = 0.8,
-    zero_tol: float = 1e-8,
+    zero_tol: float = spectrum.DEFAULT_ZERO_TOL,
     key: jax.Array | None = None,
+    **renamed: Any,
 ) -> SaddleEscape:
     """Steps from a saddle along the eigenvector of the most negative Hessian eigenvalue.
 
     The lecture's move (shared/SCIENCE.md §1): with ``H u = lambda u``, ``lambda < 0``,
     ``L(theta + t u) ~ L(theta) + lambda t^2 / 2 < L(theta)``. The step length is the best of
-    the grid ``t = ±max_step * shrink^j``, j < ``num_steps`` (both signs); if the smallest
+    the grid ``t = ±max_step * shrink^j``, j < ``num_step_sizes`` (both signs); if the smallest
     eigenvalue is not below ``-zero_tol`` or no grid point lowers the loss, nothing moves.
 
     Args:
       loss_fn: any pure JAX function of a parameter pytree returning a scalar.
       params: the point (typically a saddle found by :func:`find_critical_point`).
-      eigen_method: ``"dense"`` (dense Hessian and ``eigh``), ``"lanczos"`` (``krylov_dim``
+      method: ``"dense"`` (dense Hessian and ``eigh``), ``"lanczos"`` (``num_matvecs``
         Lanczos steps from a random start: the extreme Ritz value converges first), or
-        ``"auto"``: dense for P <= 2048, else Lanczos.
-      krylov_dim: Lanczos dimension (capped at P).
+        ``"auto"``: dense for P <= ``spectrum.DENSE_EIGH_MAX_PARAMS`` (2000), else Lanczos.
+      num_matvecs: Lanczos depth, Hessian-vector products (capped at P).
       max_step: the longest step tried.
-      num_steps: grid points per sign.
+      num_step_sizes: grid points per sign.
       shrink: ratio of successive grid points, in (0, 1).
-      zero_tol: eigenvalues above ``-zero_tol`` do not count as negative.
+      zero_tol: eigenvalues above ``-zero_tol`` do not count as negative (default
+        ``spectrum.DEFAULT_ZERO_TOL``, as every count in the package).
       key: the Lanczos start and restart vectors' randomness (default ``jax.random.key(0)``).
 
     Returns:
       A :class:`SaddleEscape` (new params, loss, loss decrease, step, eigenvalue, direction).
+
+    Raises:
+      TypeError: a keyword of the old names (``eigen_method``, ``krylov_dim``,
+        ``num_steps``), naming the new one.
     """
-    if eigen_method not in ("auto", "dense", "lanczos"):
-        raise ValueError(
-            f"unknown eigen_method {eigen_method!r}; choose 'auto', 'dense' or 'lanczos'"
-        )
+    reject_renamed("escape_saddle", renamed, _ESCAPE_RENAMED)
+    if method not in ("auto", "dense", "lanczos"):
+        raise ValueError(f"unknown method {method!r}; choose 'auto', 'dense' or 'lanczos'")
     if not (isinstance(max_step, (int, float)) and math.isfinite(max_step) and max_step > 0):
         raise ValueError(f"max_step must be a finite number > 0, got {max_step!r}")
     if not 0 < shrink < 1:
         raise ValueError(f"shrink must lie in (0, 1), got {shrink!r}")
     if not (math.isfinite(zero_tol) and zero_tol >= 0):
         raise ValueError(f"zero_tol must be finite and >= 0, got {zero_tol!r}")
-    num_steps = _check_positive_int("num_steps", num_steps)
-    krylov_dim = _check_positive_int("krylov_dim", krylov_dim)
+    num_step_sizes = check_int("num_step_sizes", num_step_sizes, 1)
+    num_matvecs = check_int("num_matvecs", num_matvecs, 1)
     leaves = jax.tree.leaves(params)
     if not leaves or not all(jnp.issubdtype(jnp.result_type(x), jnp.floating) for x in leaves):
         raise ValueError("params must be a pytree of float arrays")
@@ -974,12 +1018,12 @@ def escape_saddle(
     if not hasattr(out, "shape") or out.shape != ():
         raise ValueError(f"loss_fn must return a scalar, got shape {getattr(out, 'shape', out)}")
     P = sum(int(np.prod(jnp.shape(x))) for x in leaves)
-    if eigen_method == "auto":
-        eigen_method = "dense" if P <= 2048 else "lanczos"
+    if method == "auto":
+        method = "dense" if P <= spectrum.DENSE_EIGH_MAX_PARAMS else "lanczos"
     if key is None:
         key = jax.random.key(0)
     return _escape(
-        loss_fn, params, eigen_method, min(krylov_dim, P), float(max_step), num_steps,
+        loss_fn, params, method, min(num_matvecs, P), float(max_step), num_step_sizes,
         float(shrink), float(zero_tol), key,
     )  # fmt: skip
 
@@ -990,11 +1034,11 @@ def gradient_flat_test(
     *,
     options: FinderOptions | None = None,
     key: jax.Array | None = None,
-) -> dict[str, jax.Array]:
+) -> GradientFlatTest:
     """Frye et al.'s residual test at one point, without running a finder.
 
-    Returns a dict with ``flat_residual`` (r), ``flat_residual_hessian`` (r_H),
-    ``hessian_fro_norm`` and ``gradient_flat`` (``r > 0.9`` and ``r_H < 5e-4``; unlike
+    Returns a :class:`GradientFlatTest`: ``flat_residual`` (r), ``flat_residual_hessian``
+    (r_H), ``hessian_fro_norm`` and ``gradient_flat`` (``r > 0.9`` and ``r_H < 5e-4``; unlike
     :class:`CriticalPoint`'s flag this does not exclude converged points). ``key`` gives the
     random vectors that the final test of :func:`find_critical_point` draws from it.
     """
@@ -1011,7 +1055,7 @@ def _flat_only(loss_fn, cfg, params, key):
     g = jax.grad(lambda t: loss_fn(unravel(t)))(theta)
     r, r_h, fro, _ = flat_test(theta, g, jax.random.fold_in(key, 0))
     opts = cfg.options
-    return dict(
+    return GradientFlatTest(
         flat_residual=r,
         flat_residual_hessian=r_h,
         hessian_fro_norm=fro,

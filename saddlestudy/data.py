@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from saddlestudy._checks import check_int, is_int
+
 __all__ = [
     "DATASETS",
     "Dataset",
@@ -102,7 +104,7 @@ class Dataset:
                 raise ValueError(f"{where}: y contains NaN or inf")
         else:
             num_classes = self.metadata.get("num_classes")
-            if not _is_int(num_classes) or num_classes < 1:
+            if not is_int(num_classes) or num_classes < 1:
                 raise ValueError(
                     f"{where}: classification needs a positive int metadata['num_classes'], "
                     f"got {num_classes!r}"
@@ -143,17 +145,6 @@ class Dataset:
 # ---------------------------------------------------------------------------------------------
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if not _is_int(value) or value < low or (high is not None and value > high):
-        bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be an int in {bounds}, got {value!r}")
-    return int(value)
-
-
 def _check_real(name: str, value: Any, *, positive: bool = False) -> float:
     """Returns ``value`` as a finite float, >= 0 (or > 0 if ``positive``)."""
     if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.number):
@@ -177,7 +168,7 @@ def _resolve_dtype(dtype: Any) -> np.dtype:
 
 
 def _check_seed(seed: Any) -> int:
-    return _check_int("seed", seed, 0)
+    return check_int("seed", seed, 0)
 
 
 def _stream(seed: int, stream: int) -> np.random.Generator:
@@ -258,8 +249,8 @@ def linear_autoencoder(
         Regression dataset with y = x; metadata holds ``"eigenvalues"`` (float64, sorted
         descending), ``"eigenvectors"`` (columns of Q in that order) and ``"rotate"``.
     """
-    n = _check_int("n", n, 1)
-    num_samples = _check_int("num_samples", num_samples, 1)
+    n = check_int("n", n, 1)
+    num_samples = check_int("num_samples", num_samples, 1)
     if num_samples <= n:
         raise ValueError(f"num_samples must exceed n = {n}, got {num_samples}")
     seed = _check_seed(seed)
@@ -343,12 +334,12 @@ def teacher_student(
         Regression dataset; metadata holds ``"teacher_widths"``, ``"activation"``,
         ``"noise_std"`` and the float64 ``"teacher_params"`` as a list of (W, b).
     """
-    num_samples = _check_int("num_samples", num_samples, 1)
-    input_dim = _check_int("input_dim", input_dim, 1)
-    output_dim = _check_int("output_dim", output_dim, 1)
+    num_samples = check_int("num_samples", num_samples, 1)
+    input_dim = check_int("input_dim", input_dim, 1)
+    output_dim = check_int("output_dim", output_dim, 1)
     if isinstance(teacher_widths, str) or not isinstance(teacher_widths, Sequence):
         raise ValueError(f"teacher_widths must be a sequence of ints, got {teacher_widths!r}")
-    widths = tuple(_check_int("teacher_widths[i]", w, 1) for w in teacher_widths)
+    widths = tuple(check_int("teacher_widths[i]", w, 1) for w in teacher_widths)
     if activation not in TEACHER_ACTIVATIONS:
         raise ValueError(f"activation must be one of {TEACHER_ACTIVATIONS}, got {activation!r}")
     noise_std = _check_real("noise_std", noise_std)
@@ -425,9 +416,9 @@ def digits(
         Classification dataset with 10 classes.
     """
     if pca_dim is not None:
-        pca_dim = _check_int("pca_dim", pca_dim, 1, DIGITS_NUM_FEATURES)
+        pca_dim = check_int("pca_dim", pca_dim, 1, DIGITS_NUM_FEATURES)
     if num_samples is not None:
-        num_samples = _check_int("num_samples", num_samples, 1, DIGITS_NUM_SAMPLES)
+        num_samples = check_int("num_samples", num_samples, 1, DIGITS_NUM_SAMPLES)
     if pca_dim is not None and num_samples is not None and pca_dim > num_samples:
         raise ValueError(f"pca_dim ({pca_dim}) cannot exceed num_samples ({num_samples})")
     seed = _check_seed(seed)
@@ -470,7 +461,7 @@ def mnist1d(num_samples: int = 4000, *, seed: int = 0, dtype: Any = "float32") -
     Returns:
         Classification dataset with x of shape (N, 40) and 10 classes.
     """
-    num_samples = _check_int("num_samples", num_samples, MNIST1D_NUM_CLASSES)
+    num_samples = check_int("num_samples", num_samples, MNIST1D_NUM_CLASSES)
     seed = _check_seed(seed)
     dt = _resolve_dtype(dtype)
 

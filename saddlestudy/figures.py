@@ -16,6 +16,7 @@ import pandas as pd  # noqa: E402
 
 from saddlestudy import analysis  # noqa: E402
 from saddlestudy.config import DEFAULT_FIGURE_CUTOFFS  # noqa: E402
+from saddlestudy.store import StoreCorruptError  # noqa: E402
 
 # Fixed metadata so that the same data give byte-identical files (no dates, no versions).
 _METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None}}
@@ -379,6 +380,10 @@ def study_cutoffs(root: str | Path) -> tuple[float, ...]:
         return DEFAULT_CUTOFFS
     except json.JSONDecodeError as err:
         raise StudyConfigError(f"{path} is not valid JSON: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise StudyConfigError(f"{path} is unreadable: {str(err).splitlines()[0]}") from None
+    if not isinstance(cfg, dict):
+        raise StudyConfigError(f"{path} is a JSON {type(cfg).__name__}, not a config object")
     return tuple(float(c) for c in cfg.get("figures", {}).get("cutoffs", DEFAULT_CUTOFFS))
 
 
@@ -450,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         paths = study_figures(args.results, args.out, cutoffs=args.cutoffs)
-    except (FileNotFoundError, StudyConfigError) as err:
+    except (FileNotFoundError, StudyConfigError, StoreCorruptError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for path in paths:

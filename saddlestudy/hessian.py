@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from saddlestudy._checks import check_int
+
 Params = Any
 LossFn = Callable[[Params], jax.Array]
 
@@ -88,8 +90,7 @@ def dense_hessian_chunked(loss_fn: LossFn, params: Params, chunk_size: int) -> j
       chunk_size: basis vectors per vmapped batch, 1 <= chunk_size (values above P act
         as P).
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+    chunk_size = check_int("chunk_size", chunk_size, 1)
     matvec, theta = flat_hvp(loss_fn, params)
     num_params = theta.shape[0]
     # Equal chunks of at most chunk_size: P = 535 with chunk_size 512 runs 2 x 268 products,

@@ -79,6 +79,7 @@ from jax.flatten_util import ravel_pytree
 
 from saddlestudy import hessian, krylov, memory
 from saddlestudy import spectrum as spectrum_lib
+from saddlestudy._checks import check_int
 
 Params = Any
 LossFn = Callable[[Params], jax.Array]
@@ -679,8 +680,8 @@ def hessian_inertia(
     absolute, relative = _thresholds(zero_tol, relative_tol)
     if not (0 < failure_prob < 1):
         raise ValueError(f"failure_prob must be in (0, 1), got {failure_prob!r}")
-    max_matvecs = spectrum_lib._check_int("max_matvecs", max_matvecs, 2)
-    max_locked = spectrum_lib._check_int("max_locked", max_locked, 1)
+    max_matvecs = check_int("max_matvecs", max_matvecs, 2)
+    max_locked = check_int("max_locked", max_locked, 1)
     num_params, dtype = spectrum_lib._validate(loss_fn, params)
     itemsize = jnp.dtype(dtype).itemsize
     if method == "auto":

@@ -18,6 +18,11 @@ twice as slow).
 settings): the entry points of :mod:`saddlestudy.spectrum` use it, and so can any code that
 vmaps Hessian-vector products in chunks (e.g. a dense Hessian build).
 :func:`device_memory_bytes` reads the device's free or total memory.
+
+Where a number is guessed rather than measured (the device's memory cannot be read:
+``FALLBACK_MEMORY_BYTES``; the loss cannot be traced on its own: ``FALLBACK_VECTOR_BYTES_PER_PARAM``
+bytes per parameter per vector), the plan still runs on the guess and says so once per process
+with a :class:`UserWarning`.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -166,7 +172,17 @@ def device_memory_bytes(which: str) -> int:
     try:
         return os.sysconf(pages) * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
+        _warn_once(
+            f"the {which} memory of {device.platform} cannot be read (no /proc/meminfo, no "
+            f"sysconf); memory plans assume {FALLBACK_MEMORY_BYTES / 2**30:g} GiB"
+        )
         return FALLBACK_MEMORY_BYTES
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    """A guess the plan runs on, said once per process (and message)."""
+    warnings.warn(message, stacklevel=3)
 
 
 def _jaxpr_bytes(jaxpr) -> int:
@@ -193,8 +209,13 @@ def _cached_plan(loss_fn, treedef, avals, method, num_matvecs, num_probes, num_r
         # bound on what one more vector in a vmapped Hessian-vector product needs.
         jaxpr = jax.make_jaxpr(jax.grad(loss_fn))(shapes)
         vector_bytes = 2 * _jaxpr_bytes(jaxpr.jaxpr)
-    except Exception:  # a loss that cannot be traced on its own (e.g. closes over tracers)
+    except Exception as err:  # a loss that cannot be traced on its own (e.g. closes over tracers)
         vector_bytes = FALLBACK_VECTOR_BYTES_PER_PARAM * num_params * jnp.dtype(dtype).itemsize
+        _warn_once(
+            f"memory plan: the gradient of {getattr(loss_fn, '__name__', 'the loss')} cannot "
+            f"be traced on its own ({type(err).__name__}); assuming "
+            f"{FALLBACK_VECTOR_BYTES_PER_PARAM} bytes per parameter per vector"
+        )
     return memory_plan(
         method=method,
         num_params=num_params,

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from saddlestudy._checks import is_int
+
 Params = Any  # a nested dict of arrays: {"layers": {0: {"kernel": ..., "bias": ...}, ...}}
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -80,7 +82,7 @@ class MLPConfig:
             object.__setattr__(self, "width", tuple(int(w) for w in self.width))
         for name in ("in_features", "out_features", "depth"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+            if not is_int(value):
                 raise ValueError(f"MLPConfig.{name} must be an int, got {value!r}")
         if self.in_features < 1 or self.out_features < 1:
             raise ValueError(
@@ -95,7 +97,7 @@ class MLPConfig:
                     f"MLPConfig.width lists {len(self.width)} widths for depth {self.depth}"
                 )
             widths = self.width
-        elif isinstance(self.width, (int, np.integer)) and not isinstance(self.width, bool):
+        elif is_int(self.width):
             widths = (int(self.width),)
         else:
             raise ValueError(

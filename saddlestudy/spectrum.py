@@ -81,7 +81,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -90,6 +90,8 @@ from jax.flatten_util import ravel_pytree
 from matfree import stochtrace
 
 from saddlestudy import hessian, krylov, memory
+from saddlestudy._checks import check_int
+from saddlestudy._results import plain, ravel_batched
 from saddlestudy.memory import device_memory_bytes  # noqa: F401  (config.py reads it here)
 
 Params = Any
@@ -102,6 +104,10 @@ EIGENPAIR_WHICH = ("largest", "smallest")
 # The zero tolerance of every count unless one is given: |lambda| <= 1e-5 is zero (Frye's
 # thesis; shared/SCIENCE.md §1). The one definition in the package.
 DEFAULT_ZERO_TOL = 1e-5
+# Up to this P a dense Hessian and its eigh are the default (all P eigenvalues: exact counts);
+# above it, matrix-free methods. The study's spectrum.full_spectrum_max_params default and
+# escape_saddle's "auto" use it.
+DENSE_EIGH_MAX_PARAMS = 2000
 DEFAULT_NUM_MATVECS = 100  # Lanczos/SLQ Krylov depth m (capped at P)
 DEFAULT_NUM_EXTREME = 10  # Ritz pairs at each end that the convergence flag covers
 DEFAULT_NUM_PROBES = 16  # SLQ probes
@@ -163,9 +169,12 @@ class Spectrum:
       eigenvalues: what the counts are taken from: all P eigenvalues ascending (dense),
         the m Ritz values ascending (lanczos), or the quadrature nodes of each probe,
         shape (num_probes, m) (slq).
-      num_negative: eigenvalues < -zero_tol (slq: an estimate, P times ``index``).
-      num_zero: |lambda| <= zero_tol.
-      num_positive: eigenvalues > zero_tol.
+      num_negative: eigenvalues < -zero_tol. An int array for dense (exact) and lanczos
+        (a count of Ritz values: a lower bound); for slq a float estimate, P times
+        ``index``, never rounded or truncated (compare it with P times
+        ``index_sem`` and ``index_bias_bound``, not as a count).
+      num_zero: |lambda| <= zero_tol (int or float as ``num_negative``).
+      num_positive: eigenvalues > zero_tol (int or float as ``num_negative``).
       index: num_negative / num_params (alpha of Dauphin et al. 2014).
       minimum_ratio: num_positive / num_params (the lecture's "minimum ratio").
       lambda_min: smallest (most negative) eigenvalue, or its Ritz estimate (an upper bound).
@@ -255,17 +264,19 @@ class Spectrum:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if field.name == "min_eigenvector":
-                value = _ravel_batched(value, batch_ndim)
-            if field.name in _META_FIELDS or value is None:
-                out[field.name] = value
-                continue
-            array = np.asarray(value)
-            out[field.name] = array.item() if array.ndim == 0 else array
+                value = ravel_batched(value, batch_ndim)
+            out[field.name] = value if field.name in _META_FIELDS else plain(value)
         return out
 
 
-class Eigenpairs(NamedTuple):
-    """The k extreme eigenpairs (Ritz pairs) of a Hessian.
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["eigenvalues", "eigenvectors", "residual_bounds", "converged", "num_matvecs"],
+    meta_fields=[],
+)
+@dataclasses.dataclass(frozen=True)
+class Eigenpairs:
+    """The k extreme eigenpairs (Ritz pairs) of a Hessian (batched: a leading axis R).
 
     Attributes:
       eigenvalues: (k,), descending for ``which="largest"``, ascending for ``"smallest"``.
@@ -284,12 +295,36 @@ class Eigenpairs(NamedTuple):
     converged: jax.Array
     num_matvecs: jax.Array
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python / NumPy values; ``eigenvectors`` flattened to shape (k, P) (batched:
+        (R, k, P)) in ``ravel_pytree`` order."""
+        batch_ndim = np.ndim(self.eigenvalues)
+        out = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "eigenvectors":
+                out[field.name] = ravel_batched(value, batch_ndim)
+            else:
+                out[field.name] = plain(value)
+        return out
 
-class TraceEstimate(NamedTuple):
-    """A stochastic estimate of the Hessian trace and its standard error."""
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["value", "sem"], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class TraceEstimate:
+    """A stochastic estimate of the Hessian trace and its standard error.
+
+    Attributes:
+      value: the estimate of tr(H).
+      sem: its standard error.
+    """
 
     value: jax.Array
     sem: jax.Array
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python floats (NumPy arrays when batched)."""
+        return {"value": plain(self.value), "sem": plain(self.sem)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -626,28 +661,9 @@ def _bracket_weight(weights: jax.Array, num_below: jax.Array) -> jax.Array:
     return jnp.maximum(below, above)
 
 
-def _ravel_batched(tree: Params, batch_ndim: int) -> np.ndarray | None:
-    leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(tree)]
-    if not leaves:
-        return None
-    return np.concatenate(
-        [leaf.reshape(leaf.shape[:batch_ndim] + (-1,)) for leaf in leaves], axis=-1
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # Argument checks and planning
 # ---------------------------------------------------------------------------------------------
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    value = int(value)
-    if value < low or (high is not None and value > high):
-        bounds = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bounds}, got {value}")
-    return value
 
 
 def _check_positive(name: str, value: Any) -> float:
@@ -732,7 +748,7 @@ def _resolve_options(
         if value is not None and method not in methods:
             raise ValueError(f"{name} applies to method {' and '.join(methods)}, not {method!r}")
     if chunk_size is not None:
-        chunk_size = _check_int("chunk_size", chunk_size, 1)
+        chunk_size = check_int("chunk_size", chunk_size, 1)
     if method == "dense":
         return _Options(method, zero_tol, num_params, None, None, None, chunk_size, None, None)
 
@@ -740,17 +756,17 @@ def _resolve_options(
         raise ValueError(f"method {method!r} needs at least 2 parameters, got P = {num_params}")
     if num_matvecs is None:
         num_matvecs = min(num_params, DEFAULT_NUM_MATVECS)
-    num_matvecs = _check_int("num_matvecs", num_matvecs, 2, num_params)
+    num_matvecs = check_int("num_matvecs", num_matvecs, 2, num_params)
     if num_extreme is None:
         num_extreme = min(DEFAULT_NUM_EXTREME, num_matvecs)
-    num_extreme = _check_int("num_extreme", num_extreme, 1, num_matvecs)
+    num_extreme = check_int("num_extreme", num_extreme, 1, num_matvecs)
     # sqrt(eps): a residual this small makes an isolated eigenvalue accurate to ~eps.
     tol = math.sqrt(float(jnp.finfo(dtype).eps)) if tol is None else _check_positive("tol", tol)
     if method == "lanczos":
         return _Options(
             method, zero_tol, num_params, num_matvecs, num_extreme, None, None, tol, None
         )
-    num_probes = _check_int(
+    num_probes = check_int(
         "num_probes", DEFAULT_NUM_PROBES if num_probes is None else num_probes, 2
     )
     if density_width is not None:
@@ -989,10 +1005,10 @@ def hessian_eigenpairs(
     num_params, dtype = _validate(loss_fn, params)
     if num_params < 2:
         raise ValueError(f"Lanczos needs at least 2 parameters, got P = {num_params}")
-    k = _check_int("k", k, 1, num_params)
+    k = check_int("k", k, 1, num_params)
     if num_matvecs is None:
         num_matvecs = min(num_params, max(DEFAULT_NUM_MATVECS, 4 * k))
-    num_matvecs = _check_int("num_matvecs", num_matvecs, max(2, k), num_params)
+    num_matvecs = check_int("num_matvecs", num_matvecs, max(2, k), num_params)
     tol = math.sqrt(float(jnp.finfo(dtype).eps)) if tol is None else _check_positive("tol", tol)
     values, vectors, bounds, converged, used, finite = _eigenpairs_jit(
         loss_fn,
@@ -1006,7 +1022,13 @@ def hessian_eigenpairs(
     )
     if not _is_tracer(finite) and not bool(finite):
         raise _non_finite_error("at these parameters")
-    return Eigenpairs(values, vectors, bounds, converged, used)
+    return Eigenpairs(
+        eigenvalues=values,
+        eigenvectors=vectors,
+        residual_bounds=bounds,
+        converged=converged,
+        num_matvecs=used,
+    )
 
 
 def hessian_trace(
@@ -1031,7 +1053,7 @@ def hessian_trace(
       key: PRNG key of the probes (default ``key(0)``).
 
     Returns:
-      :class:`TraceEstimate` ``(value, sem)``; ``sem`` is matfree's standard error (the
+      A :class:`TraceEstimate` (``value``, ``sem``); ``sem`` is matfree's standard error (the
       population standard deviation of the per-probe, or leave-one-out, estimates over
       sqrt(num_probes)).
     """
@@ -1039,10 +1061,10 @@ def hessian_trace(
         raise ValueError(f"estimator must be one of {TRACE_ESTIMATORS}, got {estimator!r}")
     num_params, _ = _validate(loss_fn, params)
     high = num_params if estimator == "xtrace" else None
-    num_probes = _check_int("num_probes", num_probes, 2, high)
+    num_probes = check_int("num_probes", num_probes, 2, high)
     value, sem = _trace_jit(
         loss_fn, params, _default_key(key), num_probes=num_probes, estimator=estimator
     )
     if not _is_tracer(value) and not bool(jnp.isfinite(value)):
         raise _non_finite_error("at these parameters")
-    return TraceEstimate(value, sem)
+    return TraceEstimate(value=value, sem=sem)

@@ -2,15 +2,18 @@
 
 Layout of ``OUT/<study>/``::
 
-    config.json          the resolved config (and config.toml, the file as given)
+    config.json          the resolved config
     manifest.json        config hash, provenance, and the cells of the grid
     parts/<cell>.parquet one row per critical point of that cell (atomic: temp file + rename)
-    spectra/<cell>.npz   full spectra / densities of that cell's rows, keyed by row_id
+    spectra/<cell>.npz   all P eigenvalues of the rows that have them, keyed by row_id
     .lock                held (flock) by the sweep writing the directory
 
-A cell is complete when its part file reads back with the expected row count; anything
-else (missing, truncated, corrupt) is recomputed on the next run. Spectra are written before
-the part file, so a complete part always has its spectra beside it.
+A cell is complete when its part file reads back with the expected row count and its
+spectra file opens; anything else (missing, truncated, corrupt) is recomputed on the next run,
+and the sweep says so in its log (:meth:`Store.part_problem`). Spectra are written before the
+part file, so a complete part always has its spectra beside it. The study-level state is never
+guessed: an unreadable ``manifest.json``, ``config.json`` or ``.lock`` is refused in one line
+(:class:`StoreCorruptError`) before anything on disk is touched.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +40,26 @@ class StoreLockedError(RuntimeError):
 
 class StoreMismatchError(RuntimeError):
     """The directory holds results of a different config."""
+
+
+class StoreCorruptError(ValueError):
+    """A file of the store cannot be read (the message says which and how to recover)."""
+
+
+def _read_json_state(path: Path) -> dict:
+    """A study-level JSON file as a dict; :class:`StoreCorruptError` in one line if unreadable."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    else:
+        if isinstance(value, dict):
+            return value
+        reason = f"a JSON {type(value).__name__}, not an object"
+    raise StoreCorruptError(
+        f"{path} is unreadable ({reason}); rerun with --fresh to start the study over, "
+        "or repair the file (nothing was changed)"
+    )
 
 
 def _atomic_write(path: Path, payload: bytes) -> None:
@@ -71,7 +95,13 @@ class Store:
         killed sweep never leaves a stale lock behind.
         """
         self.dir.mkdir(parents=True, exist_ok=True)
-        f = open(self.dir / ".lock", "a+")  # noqa: SIM115 (held for the context's life)
+        try:
+            f = open(self.dir / ".lock", "a+")  # noqa: SIM115 (held for the context's life)
+        except OSError as err:
+            raise StoreCorruptError(
+                f"cannot open the lock file {self.dir / '.lock'} ({err.strerror or err}); "
+                "remove or repair it (nothing was changed)"
+            ) from None
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -97,6 +127,10 @@ class Store:
           cfg_hash: its hash.
           manifest: provenance and cells, written to manifest.json.
           fresh: delete previous results of this study first.
+
+        Raises:
+          StoreMismatchError: the directory holds another config's results.
+          StoreCorruptError: its manifest.json or config.json cannot be read (unless fresh).
         """
         manifest_path = self.dir / "manifest.json"
         if fresh:
@@ -106,11 +140,17 @@ class Store:
                 with contextlib.suppress(FileNotFoundError):
                     (self.dir / name).unlink()
         elif manifest_path.exists():
-            try:
-                old = json.loads(manifest_path.read_text())
-            except (json.JSONDecodeError, OSError):
-                old = {}
-            if old.get("config_hash") not in (None, cfg_hash):
+            # Read and checked before anything is written: a manifest that cannot be read must
+            # not turn off the guard against mixing two configs' results.
+            old = _read_json_state(manifest_path)
+            if (self.dir / "config.json").exists():
+                _read_json_state(self.dir / "config.json")
+            if "config_hash" not in old:
+                raise StoreCorruptError(
+                    f"{manifest_path} has no config_hash; rerun with --fresh to start the "
+                    "study over, or repair the file (nothing was changed)"
+                )
+            if old["config_hash"] != cfg_hash:
                 raise StoreMismatchError(
                     f"{self.dir} holds results of another config (hash {old.get('config_hash')}, "
                     f"this one is {cfg_hash}); rerun with --fresh to replace them, "
@@ -129,15 +169,27 @@ class Store:
         return self.spectra / f"{cell_id}.npz"
 
     def is_complete(self, cell_id: str, expected_rows: int | None = None) -> bool:
-        """Whether a cell's part file exists and reads back whole."""
-        path = self.part_path(cell_id)
-        if not path.is_file() or not self.spectra_path(cell_id).is_file():
-            return False
+        """Whether a cell's part file exists and reads back whole, its spectra beside it."""
+        return self.part_problem(cell_id, expected_rows) is None
+
+    def part_problem(self, cell_id: str, expected_rows: int | None = None) -> str | None:
+        """Why a cell is not complete (``"missing"``, or what is wrong with its files), or
+        None when it is complete."""
+        path, spectra = self.part_path(cell_id), self.spectra_path(cell_id)
+        if not path.exists():
+            return "missing"
         try:
             meta = pq.read_metadata(path)
-        except (pa.ArrowException, OSError):
-            return False
-        return expected_rows is None or meta.num_rows == expected_rows
+        except (pa.ArrowException, OSError) as err:
+            return f"unreadable part file {path.name} ({_first_line(err)})"
+        if expected_rows is not None and meta.num_rows != expected_rows:
+            return f"part file {path.name} has {meta.num_rows} rows, expected {expected_rows}"
+        try:
+            with np.load(spectra) as f:
+                f.files  # noqa: B018 (reads the zip directory)
+        except (OSError, ValueError, zipfile.BadZipFile) as err:
+            return f"unreadable spectra file {spectra.name} ({_first_line(err)})"
+        return None
 
     def write_cell(self, cell_id: str, table: pa.Table, spectra: dict[str, np.ndarray]) -> None:
         """Writes one cell: spectra first, then the part file, each atomically."""
@@ -160,12 +212,35 @@ def load_results(root: str | Path, study: str | None = None) -> pa.Table:
     parts = sorted((directory / "parts").glob("*.parquet"))
     if not parts:
         raise FileNotFoundError(f"no results in {directory} (no parts/*.parquet)")
-    return pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")
+    tables = []
+    for path in parts:
+        try:
+            tables.append(pq.read_table(path))
+        except (pa.ArrowException, OSError) as err:
+            raise StoreCorruptError(
+                f"unreadable part file {path} ({_first_line(err)}); rerun the sweep on this "
+                "study to recompute that cell"
+            ) from None
+    return pa.concat_tables(tables, promote_options="default")
 
 
 def load_spectrum(root: str | Path, study: str, row_id: str) -> dict[str, np.ndarray]:
     """The stored spectrum arrays of one row (keys: ``eigenvalues`` or the SLQ density)."""
     cell_id = row_id.split(":")[0]
-    with np.load(Path(root) / study / "spectra" / f"{cell_id}.npz") as f:
-        prefix = f"{row_id}/"
-        return {k[len(prefix) :]: f[k] for k in f.files if k.startswith(prefix)}
+    path = Path(root) / study / "spectra" / f"{cell_id}.npz"
+    try:
+        with np.load(path) as f:
+            prefix = f"{row_id}/"
+            return {k[len(prefix) :]: f[k] for k in f.files if k.startswith(prefix)}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise StoreCorruptError(
+            f"unreadable spectra file {path} ({_first_line(err)}); rerun the sweep on this "
+            "study to recompute that cell"
+        ) from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -15,6 +15,7 @@ The command line is thin: :func:`run_study` does the work, and tests call it dir
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import hashlib
 import json
@@ -23,9 +24,9 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -119,11 +120,31 @@ def _stable_int(*parts) -> int:
     return int(hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:8], 16)
 
 
-def run_cell(cfg: dict, cell: dict) -> tuple[pa.Table, dict[str, np.ndarray]]:
-    """Trains, finds and measures one cell; returns its rows and its spectra."""
-    dtype = cfg["study"]["dtype"]
-    if dtype == "float64":  # here too, not only in run_study: Ray workers start fresh
+@contextlib.contextmanager
+def study_precision(dtype: str) -> Iterator[None]:
+    """float64 switched on for a float64 study's computation, and the caller's
+    ``jax_enable_x64`` restored afterwards (a float32 study leaves it as it is)."""
+    previous = jax.config.jax_enable_x64
+    if dtype == "float64":
         jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
+def run_cell(cfg: dict, cell: dict) -> tuple[pa.Table, dict[str, np.ndarray]]:
+    """Trains, finds and measures one cell; returns its rows and its spectra.
+
+    A float64 study computes with ``jax_enable_x64`` on (here too, not only in
+    :func:`run_study`: Ray workers start fresh); the caller's setting is restored on return.
+    """
+    with study_precision(cfg["study"]["dtype"]):
+        return _run_cell(cfg, cell)
+
+
+def _run_cell(cfg: dict, cell: dict) -> tuple[pa.Table, dict[str, np.ndarray]]:
+    dtype = cfg["study"]["dtype"]
     entry_json = json.dumps(cell["data"], sort_keys=True)
     ds = _dataset(dtype, entry_json)
     width = tuple(cell["width"]) if isinstance(cell["width"], list) else cell["width"]
@@ -210,7 +231,19 @@ def primary_zero_tol(zero_tols: Sequence[float]) -> float:
     """The tolerance of a row's ``index``, ``minimum_ratio`` and ``counts_exact``: 1e-5 (Frye's
     choice, shared/SCIENCE.md §1) when the study counts at it, else its largest."""
     default = spectrum.DEFAULT_ZERO_TOL
-    return default if default in zero_tols else max(zero_tols)
+    if default in zero_tols:
+        return default
+    _warn_once(
+        f"spectrum.zero_tols {list(zero_tols)} lacks the default {default:g}: each row's index, "
+        f"minimum_ratio, counts_exact and the summary use zero_tol = {max(zero_tols):g} "
+        "(recorded in the rows' zero_tol column)"
+    )
+    return max(zero_tols)
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
 
 
 def _point_inertias(cfg, cell, loss_fn, params_R, keep) -> dict[int, tuple]:
@@ -293,17 +326,40 @@ def finder_batching(setting: str) -> str:
     return "map" if jax.devices()[0].platform == "cpu" else "vmap"
 
 
-def _starts_as_found(loss_fn, starts, grad_tol: float) -> SimpleNamespace:
-    """Finder ``"none"``: the starts as they are (loss and gradient measured, not moved)."""
+def _starts_as_found(loss_fn, starts, grad_tol: float) -> critical.CriticalPoint:
+    """Finder ``"none"``: the starts as they are (loss and gradient measured, not moved), as
+    a :class:`~saddlestudy.critical.CriticalPoint` of method "none" and zero iterations."""
     loss = jax.vmap(loss_fn)(starts)
     gn = jax.vmap(functools.partial(hessian.grad_norm_sq, loss_fn))(starts)
-    return SimpleNamespace(
+    converged = gn < grad_tol
+    status = jnp.where(
+        converged,
+        critical.STATUS.index("converged"),
+        jnp.where(
+            jnp.isfinite(loss) & jnp.isfinite(gn),
+            critical.STATUS.index("max_iters"),  # a budget of 0 iterations, spent
+            critical.STATUS.index("non_finite"),
+        ),
+    ).astype(jnp.int32)
+    not_tested = jnp.full_like(gn, jnp.nan)  # no gradient-flat test without a finder
+    return critical.CriticalPoint(
         params=starts,
         loss=loss,
         grad_norm_sq=gn,
-        converged=gn < grad_tol,
-        gradient_flat=jnp.zeros_like(gn, dtype=bool),  # not tested without a finder
+        converged=converged,
+        gradient_flat=jnp.zeros_like(gn, dtype=bool),
         iterations=jnp.zeros_like(gn, dtype=jnp.int32),
+        status=status,
+        flat_residual=not_tested,
+        flat_residual_hessian=not_tested,
+        hessian_fro_norm=not_tested,
+        num_hvps=jnp.zeros_like(gn, dtype=jnp.int32),
+        num_grads=jnp.ones_like(gn, dtype=jnp.int32),
+        loss_history=loss[:, None],
+        grad_norm_sq_history=gn[:, None],
+        method="none",
+        grad_tol=grad_tol,
+        max_iters=0,
     )
 
 
@@ -498,11 +554,22 @@ def run_study(
       study_config.ConfigError: a bad config (before any computation).
       store.StoreLockedError: another sweep holds the directory.
       store.StoreMismatchError: the directory holds another config's results (use fresh).
+      store.StoreCorruptError: its manifest.json, config.json or lock cannot be read.
+
+    A float64 study computes with ``jax_enable_x64`` on; the caller's setting is restored.
     """
     if backend not in ("local", "ray"):
         raise study_config.ConfigError(f"backend: unknown {backend!r}; choose 'local' or 'ray'")
-    if cfg["study"]["dtype"] == "float64":
-        jax.config.update("jax_enable_x64", True)
+    with study_precision(cfg["study"]["dtype"]):
+        return _run_study(
+            cfg, out, fresh=fresh, quiet=quiet, backend=backend, ray_address=ray_address,
+            ray_gpus_per_task=ray_gpus_per_task, cell_done=cell_done,
+        )  # fmt: skip
+
+
+def _run_study(
+    cfg, out, *, fresh, quiet, backend, ray_address, ray_gpus_per_task, cell_done
+) -> Path:
     cells = study_config.expand(cfg)
     cfg_hash = study_config.config_hash(cfg)
     st = store.Store(out, cfg["study"]["name"])
@@ -518,10 +585,16 @@ def run_study(
         expected = _expected_rows(cfg)
         todo = []
         for cell in cells:
-            if st.is_complete(cell["cell_id"], expected):
+            problem = st.part_problem(cell["cell_id"], expected)
+            if problem is None:
                 progress.update(cell, _rows_in(st, cell["cell_id"]), skipped=True)
-            else:
-                todo.append(cell)
+                continue
+            if problem != "missing":  # recomputed, as the store promises; said, not silent
+                print(
+                    f"cell {cell['cell_id']}: {problem}; recomputing it",
+                    file=sys.stderr, flush=True,
+                )  # fmt: skip
+            todo.append(cell)
         if backend == "local":
             for cell in todo:
                 rows = _compute_and_write(cfg, cell, str(out))
@@ -557,7 +630,11 @@ def _run_on_ray(cfg, cells, out, progress, address, gpus_per_task):
     if started_here:
         ray.init(address=address, runtime_env=env, log_to_driver=False)
     try:
-        task = ray.remote(num_gpus=gpus_per_task)(_compute_and_write)
+        # The function of the module saddlestudy.sweep, never of __main__ (under
+        # ``python -m saddlestudy.sweep``): a worker unpickles it by importing its module.
+        from saddlestudy.sweep import _compute_and_write as compute
+
+        task = ray.remote(num_gpus=gpus_per_task)(compute)
         pending = {task.remote(cfg, cell, out): cell for cell in cells}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -671,7 +748,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg, args.out, fresh=args.fresh, quiet=args.quiet, backend=args.backend,
             ray_address=args.ray_address, ray_gpus_per_task=args.ray_gpus_per_task,
         )  # fmt: skip
-    except (study_config.ConfigError, store.StoreLockedError, store.StoreMismatchError) as err:
+    except (
+        study_config.ConfigError,
+        store.StoreLockedError,
+        store.StoreMismatchError,
+        store.StoreCorruptError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     table = store.load_results(directory)

@@ -174,3 +174,60 @@ def test_a_missing_count_is_never_an_index_of_zero():
     assert q["num_points"].sum() == 2 and q["mean_index"].iloc[0] == pytest.approx(0.4)
     reference = pd.DataFrame({"loss": [0.0, 0.2], "num_negative": [4, 0]})
     assert analysis.exact_matches(df, reference).tolist() == [True, False, False, False, False]
+
+
+def fd_hessian(f, x, h=1e-3):
+    """Central second differences of f at x (exact up to O(h^2) f'''' for a polynomial)."""
+    n = x.size
+    H = np.zeros((n, n))
+    E = np.eye(n) * h
+    for i in range(n):
+        for j in range(n):
+            H[i, j] = (
+                f(x + E[i] + E[j]) - f(x + E[i] - E[j]) - f(x - E[i] + E[j]) + f(x - E[i] - E[j])
+            ) / (4 * h * h)
+    return 0.5 * (H + H.T)
+
+
+def test_exact_reference_matches_an_independent_construction():
+    # Baldi & Hornik (1989): the critical points of the linear autoencoder x -> W2 W1 x with
+    # data covariance diag(sigma) are the projections onto subsets S of at most p
+    # eigendirections, at loss (sum sigma - sum_S sigma) / 2. Here their Hessians come from
+    # finite differences of the data loss tr((I - W2 W1) Sigma (I - W2 W1)^T) / 2, in NumPy.
+    import itertools
+    import json
+
+    sigma, n, p = np.array([3.0, 1.0, 2.5]), 3, 1  # not 1..n, the loader default
+
+    def loss(theta):
+        w1, w2 = theta[: n * p].reshape(p, n), theta[n * p :].reshape(n, p)
+        r = np.eye(n) - w2 @ w1
+        return 0.5 * np.trace(r @ np.diag(sigma) @ r.T)
+
+    expected = []
+    for k in range(p + 1):
+        for subset in itertools.combinations(range(n), k):
+            w1 = np.zeros((p, n))
+            w1[np.arange(k), list(subset)] = 1.0
+            theta = np.concatenate([w1.ravel(), w1.T.ravel()])
+            eig = np.linalg.eigvalsh(fd_hessian(loss, theta))
+            # Eigenvalues are differences of the sigmas (>= 1 apart) or exact zeros; the
+            # finite-difference error is ~1e-6, so 1e-3 separates them.
+            expected.append((round(loss(theta), 6), int(np.sum(eig < -1e-3))))
+    df = pd.DataFrame(
+        {
+            "dataset": ["linear_autoencoder"] * 3, "activation": "identity", "depth": 1,
+            "num_params": 2 * n * p, "loss_name": "half_mse", "width": p,
+            "data_args": json.dumps({"n": n, "eigenvalues": sigma.tolist()}),
+            # A saddle and a minimum of the list, then the right loss with a wrong count.
+            "loss": [expected[0][0], 0.5 * (sigma.sum() - 3.0), 0.5 * (sigma.sum() - 3.0)],
+            "num_negative@1e-5": [expected[0][1], 0, 1],
+        }
+    )  # fmt: skip
+    reference = analysis.exact_reference(df)
+    got = sorted(zip(np.round(reference["loss"], 6), reference["num_negative"]))
+    assert got == sorted(expected)
+    assert analysis.exact_matches(df, reference).tolist() == [True, True, False]
+    # Not the autoencoder (an activation, or biases: another P): no reference.
+    assert analysis.exact_reference(df.assign(activation="tanh")) is None
+    assert analysis.exact_reference(df.assign(num_params=2 * n * p + n + p)) is None

@@ -278,3 +278,17 @@ def test_describe_lists_cells_and_work():
     cfg = config.resolve(copy.deepcopy(BASE))
     text = config.describe(cfg, config.expand(cfg))
     assert "32 cells" in text and "128 finder starts" in text and "multiply-adds" in text
+
+
+def test_the_schema_in_the_module_docstring_shows_the_real_defaults():
+    # The ```toml block of config's docstring is what a user copies: each value it shows for a
+    # table with defaults must be that default (examples go in comments).
+    block = config.__doc__.split("```toml\n")[1].split("```")[0]
+    schema = tomllib.loads(block)
+    for table, defaults in config._DEFAULTS.items():
+        assert set(schema[table]) <= set(defaults), table
+        for key, value in schema[table].items():
+            if defaults[key] is None:  # required (study.name): the schema shows an example
+                continue
+            assert value == defaults[key], f"{table}.{key}: {value!r} != {defaults[key]!r}"
+    assert set(config._DEFAULTS) <= set(schema)

@@ -319,19 +319,19 @@ def test_gradient_flat_detector_fires_where_the_gradient_spans_the_kernel(x64):
     assert float(cp.flat_residual) > 0.9 and float(cp.flat_residual_hessian) < 5e-4
     # At an exactly flat point the step is 0 and the residual is all of g: r = 1, r_H = 0.
     test = critical.gradient_flat_test(flat_loss, jnp.asarray([0.0, 0.0]))
-    assert bool(test["gradient_flat"])
-    assert float(test["flat_residual"]) == pytest.approx(1.0, abs=1e-12)
-    assert float(test["flat_residual_hessian"]) == pytest.approx(0.0, abs=1e-12)
-    assert float(test["hessian_fro_norm"]) == pytest.approx(2.0, rel=1e-12)  # diag(0, 2)
+    assert bool(test.gradient_flat)
+    assert float(test.flat_residual) == pytest.approx(1.0, abs=1e-12)
+    assert float(test.flat_residual_hessian) == pytest.approx(0.0, abs=1e-12)
+    assert float(test.hessian_fro_norm) == pytest.approx(2.0, rel=1e-12)  # diag(0, 2)
 
 
 def test_gradient_flat_detector_stays_quiet_away_from_flat_points(x64):
     # A generic point of the cubic: H is well conditioned, g is explained by curvature.
     test = critical.gradient_flat_test(cubic_loss, select(cubic_points([(1, -1, 1)], 0.3), 0))
-    assert not bool(test["gradient_flat"]) and float(test["flat_residual"]) < 1e-6
+    assert not bool(test.gradient_flat) and float(test.flat_residual) < 1e-6
     # Nor on the same function far from x = 0, where the curvature is large.
     test = critical.gradient_flat_test(flat_loss, jnp.asarray([2.0, 0.3]))
-    assert not bool(test["gradient_flat"]) and float(test["flat_residual"]) < 1e-6
+    assert not bool(test.gradient_flat) and float(test.flat_residual) < 1e-6
     # Converged points are never flagged (they are critical points, not gradient-flat ones).
     cp = critical.find_critical_points(cubic_loss, cubic_points(CUBIC_SIGNS, noise=0.05))
     assert not np.any(np.asarray(cp.gradient_flat))
@@ -340,8 +340,8 @@ def test_gradient_flat_detector_stays_quiet_away_from_flat_points(x64):
 def test_hutchinson_frobenius_estimate_above_the_exact_limit(x64):
     opts = FinderOptions(frobenius_exact_max=2, frobenius_probes=400)
     start = select(cubic_points([(1, -1, 1)], 0.3), 0)
-    exact = critical.gradient_flat_test(cubic_loss, start)["hessian_fro_norm"]
-    estimate = critical.gradient_flat_test(cubic_loss, start, options=opts)["hessian_fro_norm"]
+    exact = critical.gradient_flat_test(cubic_loss, start).hessian_fro_norm
+    estimate = critical.gradient_flat_test(cubic_loss, start, options=opts).hessian_fro_norm
     # Rademacher probes on a diagonal H: |H z|^2 = |H|_F^2 exactly, whatever z.
     assert float(estimate) == pytest.approx(float(exact), rel=1e-12)
 
@@ -418,11 +418,11 @@ def test_escape_saddle_at_the_lecture_origin(x64):
 def test_escape_saddle_with_lanczos_on_an_autoencoder_saddle(x64):
     saddle = ae_point((1, 3), np.eye(AE_P))
     dense = hessian_spectrum(autoencoder()[0], saddle)
-    out = saddlestudy.escape_saddle(autoencoder()[0], saddle, eigen_method="lanczos", krylov_dim=24)
+    out = saddlestudy.escape_saddle(autoencoder()[0], saddle, method="lanczos", num_matvecs=24)
     assert float(out.eigenvalue) == pytest.approx(float(dense.lambda_min), abs=1e-8)
     assert bool(out.escaped) and float(out.loss_decrease) > 0
-    with pytest.raises(ValueError, match="eigen_method"):
-        saddlestudy.escape_saddle(autoencoder()[0], saddle, eigen_method="power")
+    with pytest.raises(ValueError, match="method"):
+        saddlestudy.escape_saddle(autoencoder()[0], saddle, method="power")
     with pytest.raises(ValueError, match="shrink"):
         saddlestudy.escape_saddle(autoencoder()[0], saddle, shrink=1.0)
 
@@ -436,7 +436,7 @@ def test_escape_saddle_with_lanczos_survives_a_krylov_breakdown(x64):
         return 0.5 * jnp.sum(p["a"] ** 2) + 1.5 * jnp.sum(p["b"] ** 2)
 
     point = {"a": jnp.zeros(2), "b": jnp.zeros(2)}
-    out = saddlestudy.escape_saddle(loss, point, eigen_method="lanczos")
+    out = saddlestudy.escape_saddle(loss, point, method="lanczos")
     u = np.asarray(ravel_pytree(out.direction)[0])
     assert np.all(np.isfinite(u))
     assert float(out.eigenvalue) == pytest.approx(1.0, abs=1e-12)  # float64: to rounding
@@ -445,6 +445,65 @@ def test_escape_saddle_with_lanczos_survives_a_krylov_breakdown(x64):
     # A minimum: nothing to escape, and nothing moves.
     assert not bool(out.escaped) and float(out.loss_decrease) == 0.0
     np.testing.assert_array_equal(ravel_pytree(out.params)[0], np.zeros(4))
+
+
+def diagonal_quadratic(eigenvalues):
+    lam = jnp.asarray(eigenvalues)
+    return lambda p: 0.5 * jnp.sum(lam * p["x"] ** 2), {"x": jnp.zeros(lam.shape)}
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [("eigen_method", "method"), ("krylov_dim", "num_matvecs"), ("num_steps", "num_step_sizes")],
+)
+def test_escape_saddle_old_keywords_name_the_new_ones(x64, old, new):
+    loss, point = diagonal_quadratic([-1.0, 1.0])
+    with pytest.raises(TypeError, match=f"'{old}' was renamed to '{new}'"):
+        saddlestudy.escape_saddle(loss, point, **{old: 1})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'steps'"):
+        saddlestudy.escape_saddle(loss, point, steps=1)
+
+
+def test_escape_saddle_counts_a_negative_eigenvalue_as_the_spectra_do(x64):
+    # lambda = -1e-6 lies inside the package's default zero band |lambda| <= 1e-5: the
+    # spectrum counts it as zero, so the escape must not step along it; with a tolerance
+    # below it, it is negative and the step lowers the loss.
+    loss, point = diagonal_quadratic([-1e-6, 1.0])
+    assert int(hessian_spectrum(loss, point).num_negative) == 0
+    assert not bool(saddlestudy.escape_saddle(loss, point).escaped)
+    assert bool(saddlestudy.escape_saddle(loss, point, zero_tol=1e-8).escaped)
+
+
+def test_escape_saddle_auto_is_dense_up_to_the_package_threshold(x64, monkeypatch):
+    # Two Lanczos steps cannot find lambda_min = -3 of six spread eigenvalues exactly, dense
+    # eigh finds it to rounding: "auto" is dense while P <= DENSE_EIGH_MAX_PARAMS.
+    loss, point = diagonal_quadratic([-3.0, -1.0, 2.0, 5.0, 7.0, 9.0])
+    monkeypatch.setattr(critical.spectrum, "DENSE_EIGH_MAX_PARAMS", 6)
+    dense = saddlestudy.escape_saddle(loss, point, num_matvecs=2)
+    assert float(dense.eigenvalue) == pytest.approx(-3.0, abs=1e-12)
+    monkeypatch.setattr(critical.spectrum, "DENSE_EIGH_MAX_PARAMS", 5)
+    lanczos = saddlestudy.escape_saddle(loss, point, num_matvecs=2)
+    assert float(lanczos.eigenvalue) > -3.0 + 1e-3
+
+
+def test_escape_and_flat_test_results_are_pytrees_with_to_dict(x64):
+    loss, point = diagonal_quadratic([-1.0, 1.0])
+    out = saddlestudy.escape_saddle(loss, point)
+    assert isinstance(jax.tree.map(lambda x: x, out), critical.SaddleEscape)
+    d = out.to_dict()
+    assert isinstance(d["loss"], float) and isinstance(d["escaped"], bool) and d["escaped"]
+    assert d["params"].shape == (2,) and d["direction"].shape == (2,)
+    np.testing.assert_array_equal(d["params"], ravel_pytree(out.params)[0])
+    test = critical.gradient_flat_test(flat_loss, jnp.asarray([0.0, 0.0]))
+    assert isinstance(test, critical.GradientFlatTest)
+    assert isinstance(jax.tree.map(lambda x: x, test), critical.GradientFlatTest)
+    d = test.to_dict()
+    assert d == {
+        "flat_residual": float(test.flat_residual),
+        "flat_residual_hessian": float(test.flat_residual_hessian),
+        "hessian_fro_norm": float(test.hessian_fro_norm),
+        "gradient_flat": True,
+    }
 
 
 # ----------------------------------------------------------------------------- slow

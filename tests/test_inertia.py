@@ -130,7 +130,10 @@ def test_dense_inertia_on_the_autoencoder_at_p_3072(x64, name):
     assert truth == {"few": 1, "dozens": 32, "half": 1536}[name]
 
 
-@pytest.mark.parametrize("name", ["few", "dozens"])
+@pytest.mark.parametrize(
+    "name",
+    ["few", pytest.param("dozens", marks=pytest.mark.slow)],  # ~10 s each, idle
+)
 def test_lanczos_counts_isolated_negatives_of_the_autoencoder_exactly(x64, name):
     loss, point = autoencoder(LAE_N, LAE_P)
     subset = LAE_POINTS[name]

@@ -60,3 +60,21 @@ def test_bad_loss_arguments(kwargs, match):
 def test_squared_error_needs_2d_targets():
     with pytest.raises(ValueError, match=r"\(N, k\)"):
         losses.make_loss_fn(lambda p, x: x, jnp.ones((2, 1)), jnp.ones(2), loss="mse")
+
+
+def test_l2_shifts_every_hessian_eigenvalue_by_its_coefficient():
+    # README: l2 adds l2/2 |theta|^2, so H = H_data + l2 I and every eigenvalue moves up by l2.
+    from saddlestudy.hessian import dense_hessian
+
+    x = jnp.array([[1.0, -2.0], [0.5, 3.0], [-1.0, 0.0]])
+    y = jnp.array([[1.0], [0.0], [2.0]])
+
+    def apply(params, x):
+        return jnp.tanh(x @ params["w"]) @ params["v"]
+
+    params = {"w": jnp.array([[0.3, -0.2], [0.1, 0.4]]), "v": jnp.array([[0.5], [-1.5]])}
+    plain = losses.make_loss_fn(apply, x, y, loss="mse")
+    shifted = losses.make_loss_fn(apply, x, y, loss="mse", l2=0.25)
+    lam = np.linalg.eigvalsh(np.asarray(dense_hessian(plain, params)))
+    lam_l2 = np.linalg.eigvalsh(np.asarray(dense_hessian(shifted, params)))
+    np.testing.assert_allclose(lam_l2 - lam, 0.25, atol=1e-5)  # float32 rounding of H

@@ -115,3 +115,43 @@ def test_device_memory_bytes():
     free, total = memory.device_memory_bytes("free"), memory.device_memory_bytes("total")
     assert isinstance(free, int) and isinstance(total, int)
     assert 0 < free <= total
+
+
+def _warnings_of(fn, *args):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fn(*args)
+    return result, [str(w.message) for w in caught]
+
+
+def test_memory_guesses_are_warned_once(monkeypatch):
+    # The device's memory cannot be read: the fallback is used and said, once per process.
+    import builtins
+    import os
+
+    memory._warn_once.cache_clear()
+
+    def no_meminfo(*args, **kwargs):
+        raise OSError("no /proc")
+
+    def no_sysconf(name):
+        raise ValueError(name)
+
+    monkeypatch.setattr(builtins, "open", no_meminfo)
+    monkeypatch.setattr(os, "sysconf", no_sysconf)
+    size, said = _warnings_of(memory.device_memory_bytes, "total")
+    assert size == memory.FALLBACK_MEMORY_BYTES and len(said) == 1 and "GiB" in said[0]
+    assert _warnings_of(memory.device_memory_bytes, "total")[1] == []
+    monkeypatch.undo()
+
+    # A loss whose gradient cannot be traced on its own: the per-vector guess, said once.
+    def untraceable(params):
+        return jnp.sum(params) * float(jnp.sum(params))  # float() of a tracer fails
+
+    params = jnp.ones(3)
+    plan, said = _warnings_of(memory.plan, untraceable, params, "dense")
+    assert plan[0] >= 1 and len(said) == 1 and "bytes per parameter" in said[0]
+    memory._cached_plan.cache_clear()
+    assert _warnings_of(memory.plan, untraceable, params, "dense")[1] == []

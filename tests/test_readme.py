@@ -26,3 +26,19 @@ def test_readme_python_blocks_run(tiny_study, monkeypatch):
         )
     finally:
         jax.config.update("jax_enable_x64", previous)
+
+
+def test_readme_names_the_fields_the_result_types_have():
+    # "returns a `CriticalPoint` (`params`, `loss`, ...)": every name in backticks inside the
+    # parenthesis after a result type must be a field (or method) of that type.
+    import saddlestudy
+
+    text = " ".join(README.read_text().split())
+    checked = 0
+    for name in ("CriticalPoint", "Spectrum", "Inertia"):
+        cls = getattr(saddlestudy, name)
+        for listing in re.findall(rf"`{name}` \(((?:[^()]|\([^()]*\))*)\)", text):
+            for field in re.findall(r"`(\w+)`", listing):
+                assert hasattr(cls, field) or field in cls.__dataclass_fields__, (name, field)
+                checked += 1
+    assert checked >= 9  # the CriticalPoint listing at least

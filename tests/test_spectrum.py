@@ -531,12 +531,46 @@ def test_to_dict_gives_plain_values(x64, method):
     assert (d["residual_bounds"] is None) == (method == "dense")
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_counts_are_ints_except_the_slq_estimate_which_is_never_rounded(x64, method):
+    loss, params, _ = quadratic_problem()
+    depth = {} if method == "dense" else {"num_matvecs": 4}
+    s = hessian_spectrum(loss, params, method=method, **depth)
+    names = ("num_negative", "num_zero", "num_positive")
+    kinds = {np.asarray(getattr(s, name)).dtype.kind for name in names}
+    if method == "slq":
+        assert kinds == {"f"}
+        estimate = float(s.num_negative)
+        assert estimate == pytest.approx(9 * float(s.index), rel=1e-12)
+        assert estimate != round(estimate)  # an estimate, kept as it is
+        assert s.to_dict()["num_negative"] == estimate
+    else:
+        assert kinds == {"i"}
+
+
+def test_eigenpairs_and_trace_are_pytree_dataclasses_with_to_dict(x64):
+    loss, params, Q = quadratic_with_eigenvalues([-3.0, -1.0, 0.0, 2.0, 5.0, 7.0])
+    pairs = hessian_eigenpairs(loss, params, 2, which="smallest", num_matvecs=6)
+    assert isinstance(jax.tree.map(lambda x: x, pairs), spectrum.Eigenpairs)
+    d = pairs.to_dict()
+    np.testing.assert_allclose(d["eigenvalues"], [-3.0, -1.0], atol=1e-10)
+    assert d["eigenvectors"].shape == (2, 6) and isinstance(d["num_matvecs"], int)
+    u = d["eigenvectors"][0]
+    assert abs(abs(u @ Q[:, 0]) - 1.0) < 1e-10  # the eigenvector of -3, flattened in order
+    trace = hessian_trace(loss, params, num_probes=3, estimator="xtrace")
+    assert isinstance(jax.tree.map(lambda x: x, trace), spectrum.TraceEstimate)
+    d = trace.to_dict()
+    assert set(d) == {"value", "sem"} and isinstance(d["value"], float)
+    assert d["value"] == pytest.approx(10.0, abs=1e-12)
+
+
 def test_exported_at_top_level():
     assert saddlestudy.hessian_spectrum is hessian_spectrum
     assert saddlestudy.Spectrum is Spectrum
     assert saddlestudy.hessian_spectra is hessian_spectra
     assert saddlestudy.hessian_eigenpairs is hessian_eigenpairs
     assert saddlestudy.hessian_trace is hessian_trace
+    assert saddlestudy.TraceEstimate is spectrum.TraceEstimate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -651,3 +685,18 @@ def test_second_call_on_the_same_loss_does_not_compile_again(x64, method):
     second = hessian_spectrum(loss, {"w": params["w"] + 0.1}, method=method, **kwargs)
     assert after_first > 0 and len(traces) == after_first
     assert float(first.lambda_max) != float(second.lambda_max)  # it did compute again
+
+
+def test_with_zero_tol_on_a_lanczos_spectrum_recounts_its_ritz_values(x64):
+    loss, params, _ = quadratic_problem()
+    P = len(QUADRATIC_EIGENVALUES)
+    s = hessian_spectrum(loss, params, method="lanczos", num_matvecs=6, zero_tol=1e-8)
+    ritz = np.asarray(s.eigenvalues)
+    assert ritz.shape == (6,)  # a partial run: counts of Ritz values, not of all P
+    for tol in (1e-8, 0.5, 1.5, 4.0):
+        recount = s.with_zero_tol(tol)
+        neg, pos = int(np.sum(ritz < -tol)), int(np.sum(ritz > tol))
+        assert recount.zero_tol == tol
+        assert (int(recount.num_negative), int(recount.num_positive)) == (neg, pos)
+        assert int(recount.num_zero) == P - neg - pos
+        np.testing.assert_array_equal(np.asarray(recount.eigenvalues), ritz)  # not recomputed

@@ -92,3 +92,60 @@ def test_lock_of_a_killed_holder_is_released(tmp_path):
 def test_load_results_of_an_empty_study_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results"):
         store.load_results(tmp_path, "nothing")
+
+
+def _snapshot(directory):
+    return {p: p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("manifest.json", b'{"config_hash": "h1", "cel'),  # truncated
+        ("manifest.json", b"\xff\xfe not utf-8"),
+        ("manifest.json", b"[1, 2]"),  # JSON, but not a manifest
+        ("manifest.json", b'{"cells": []}'),  # no config_hash
+        ("config.json", b"{not json"),
+    ],
+)
+def test_unreadable_study_state_is_refused_in_one_line_touching_nothing(tmp_path, name, content):
+    st = store.Store(tmp_path, "s")
+    with st.lock():
+        st.prepare({"a": 1}, "h1", {"config_hash": "h1"})
+        st.write_cell("c1", table("c1", 1), {})
+    (st.dir / name).write_bytes(content)
+    before = _snapshot(st.dir)
+    with st.lock(), pytest.raises(store.StoreCorruptError, match="--fresh") as err:
+        st.prepare({"a": 1}, "h1", {"config_hash": "h1"})
+    assert name in str(err.value) and len(str(err.value).splitlines()) == 1
+    assert _snapshot(st.dir) == before
+    with st.lock():  # --fresh recovers
+        st.prepare({"a": 1}, "h1", {"config_hash": "h1"}, fresh=True)
+    assert not st.is_complete("c1")
+
+
+def test_unreadable_lock_file_is_refused_in_one_line(tmp_path):
+    (tmp_path / "s" / ".lock").mkdir(parents=True)  # a directory where the lock file goes
+    with pytest.raises(store.StoreCorruptError, match="lock file") as err:
+        with store.Store(tmp_path, "s").lock():
+            pass
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_corrupt_part_or_spectra_is_named_when_read(tmp_path):
+    st = store.Store(tmp_path, "s")
+    with st.lock():
+        st.prepare({}, "h", {"config_hash": "h"})
+        st.write_cell("c1", table("c1", 2), {"c1:0/eigenvalues": np.arange(3.0)})
+    assert st.part_problem("c1", 2) is None and st.part_problem("c2") == "missing"
+    assert "rows" in st.part_problem("c1", 3)
+    st.spectra_path("c1").write_bytes(b"garbage")
+    assert "spectra" in st.part_problem("c1", 2) and not st.is_complete("c1", 2)
+    with pytest.raises(store.StoreCorruptError, match="rerun the sweep") as err:
+        store.load_spectrum(tmp_path, "s", "c1:0")
+    assert len(str(err.value).splitlines()) == 1
+    st.part_path("c1").write_bytes(b"garbage")
+    assert "unreadable part" in st.part_problem("c1", 2)
+    with pytest.raises(store.StoreCorruptError, match="rerun the sweep") as err:
+        store.load_results(tmp_path, "s")
+    assert len(str(err.value).splitlines()) == 1

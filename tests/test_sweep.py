@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -79,16 +78,20 @@ def test_rerun_skips_completed_cells_and_is_deterministic(tmp_path, restore_x64)
     assert again == [{**r, "row_id": r["row_id"]} for r in first]
 
 
-def test_missing_or_corrupt_part_is_recomputed(tmp_path, restore_x64):
+def test_missing_or_corrupt_part_is_recomputed(tmp_path, restore_x64, capsys):
     cfg = config.load(write_config(tmp_path))
     directory = sweep.run_study(cfg, tmp_path, quiet=True)
     before = comparable(store.load_results(directory))
     parts = sorted((directory / "parts").glob("*.parquet"))
     parts[0].write_bytes(b"garbage")
     parts[1].unlink()
+    capsys.readouterr()
     computed = []
     sweep.run_study(cfg, tmp_path, quiet=True, cell_done=computed.append)
     assert len(computed) == 2
+    # The corrupt part is said in the log (the missing one is ordinary work).
+    said = [line for line in capsys.readouterr().err.splitlines() if "recomputing" in line]
+    assert len(said) == 1 and f"unreadable part file {parts[0].name}" in said[0]
     assert comparable(store.load_results(directory)) == before
 
 
@@ -122,25 +125,34 @@ def test_embedded_default_study_dry_run(capsys):
     assert "study default" in out and "10 cells" in out
 
 
+# The sweep, SIGKILLed by itself right after its k-th cell is written: a kill at a point the
+# test controls (the lock held, the next cell not begun), not at a time it hopes is the middle.
+KILL_AFTER_CELLS = """
+import os, signal, sys
+from saddlestudy import config, sweep
+done = []
+def cell_done(cell):
+    done.append(cell)
+    if len(done) == int(sys.argv[3]):
+        os.kill(os.getpid(), signal.SIGKILL)
+sweep.enable_compilation_cache()  # as the CLI: the runs after it reuse its programs
+sweep.run_study(config.load(sys.argv[1]), sys.argv[2], quiet=True, cell_done=cell_done)
+"""
+
+
 def test_sigkill_mid_sweep_then_resume_equals_uninterrupted(tmp_path):
     cfg_path = write_config(tmp_path, widths="[2, 3, 4]")
     env = dict(os.environ, SADDLESTUDY_JAX_CACHE=str(tmp_path / "cache"))
     cmd = [sys.executable, "-m", "saddlestudy.sweep", str(cfg_path), "--quiet"]
     killed_out = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [*cmd, "--out", str(killed_out)],
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AFTER_CELLS, str(cfg_path), str(killed_out), "1"],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=300,
     )
-    parts = killed_out / "tiny" / "parts"
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(parts.glob("*.parquet")):
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done_at_kill = len(list(parts.glob("*.parquet")))
-    assert 1 <= done_at_kill < 3, "the kill should land in the middle of the sweep"
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert len(list((killed_out / "tiny" / "parts").glob("*.parquet"))) == 1
     subprocess.run([*cmd, "--out", str(killed_out)], env=env, check=True, capture_output=True)
     subprocess.run(
         [*cmd, "--out", str(tmp_path / "clean")], env=env, check=True, capture_output=True
@@ -248,8 +260,10 @@ INERTIA_CASES = {
 
 @pytest.mark.parametrize("method", list(INERTIA_CASES))
 def test_counts_past_the_full_spectrum_hold_against_a_dense_reference(
-    tmp_path, restore_x64, monkeypatch, method
+    tmp_path, x64, monkeypatch, method
 ):
+    # x64: the spied points are evaluated again below, after run_study has restored the
+    # caller's setting; in float64, as the study computed them.
     # full_spectrum_max_params = 0: every point is counted by hessian_inertia, one by one.
     points = []
     real = inertia.hessian_inertia
@@ -320,3 +334,165 @@ def test_summary_classifies_from_the_bounds():
     line = sweep.summarize(table).splitlines()[2].split()
     # minima: 1 of 4 converged; undetermined: 1 of 4; median index of the exact 0 and 0.4.
     assert line[4:] == ["5", "0.80", "0.00", "0.25", "0.25", "0.2000"]
+
+
+def _files(directory):
+    return {p: p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "config.json"])
+def test_corrupt_state_of_a_finished_study_is_refused_touching_nothing(
+    tiny_study, tmp_path, capsys, name
+):
+    import shutil
+
+    cfg_path = tmp_path / "tiny.toml"
+    cfg_path.write_text(tiny_study_toml())  # the config of the session's finished study
+    out = tmp_path / "out"
+    shutil.copytree(tiny_study, out / tiny_study.name)
+    state = out / tiny_study.name / name
+    state.write_bytes(state.read_bytes()[:40])  # cut mid-file: not JSON any more
+    before = _files(out)
+    assert sweep.main([str(cfg_path), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error:")
+    assert name in err and "--fresh" in err
+    assert _files(out) == before
+
+
+def _study(tmp_path, name, *, data="", finder="newton_mr", **overrides):
+    """A one-cell tiny study (P = 40): extra [[data]] lines, ``{"table.key": value}``."""
+    text = tiny_study_toml(name, "[2]", seed=3).replace('"newton_mr"', f'"{finder}"')
+    text = text.replace("num_samples = 64\n", f"num_samples = 64\n{data}\n")
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return config.load(path, overrides=overrides)
+
+
+def test_random_labels_study_leaves_x64_as_the_caller_set_it(tmp_path, restore_x64):
+    import jax
+
+    from saddlestudy import data
+
+    jax.config.update("jax_enable_x64", False)
+    cfg = _study(tmp_path, "shuffled", data="random_labels = 1", finder="none")
+    directory = sweep.run_study(cfg, tmp_path, quiet=True)
+    assert jax.config.jax_enable_x64 is False  # as the caller set it
+    rows = store.load_results(directory).to_pylist()
+    assert len(rows) == 2 * 2 and {r["dataset"] for r in rows} == {"digits+random_labels"}
+    # Computed in float64 all the same: the stored eigenvalues are float64.
+    eig = store.load_spectrum(tmp_path, "shuffled", rows[0]["row_id"])["eigenvalues"]
+    assert eig.dtype == np.float64 and {r["dtype"] for r in rows} == {"float64"}
+    # The cell's targets: the digits labels under the seed-1 permutation.
+    labels = data.digits(pca_dim=4, num_samples=64, dtype="float64").y
+    shuffled = config.load_cell_dataset(cfg, cfg["data"][0]).y
+    np.testing.assert_array_equal(shuffled, labels[np.random.default_rng(1).permutation(64)])
+    assert not np.array_equal(shuffled, labels)
+
+
+def test_loss_level_starts_full_batch_and_minibatch(tmp_path, restore_x64):
+    # A step snapshot after every step gives the loss trajectory row by row (finder "none":
+    # a row's loss is its start's), against which each loss-level start is checked.
+    steps = list(range(1, 21))
+    runs = {}
+    for batch_size in (0, 16):
+        train = {"num_steps": 20, "record_every": 5, "batch_size": batch_size}
+        train |= {"snapshot_steps": steps, "snapshot_losses": [2.0, 1e-12]}
+        overrides = {f"train.{k}": v for k, v in train.items()}
+        cfg = _study(tmp_path, f"levels{batch_size}", finder="none", **overrides)
+        rows = store.load_results(sweep.run_study(cfg, tmp_path, quiet=True)).to_pylist()
+        runs[batch_size] = rows
+        # Full batch checks the level after every step, minibatches every record_every
+        # steps (on the full data).
+        checked = steps if batch_size == 0 else steps[4::5]
+        for r in range(2):
+            mine = [row for row in rows if row["replica"] == r]
+            loss_at = {
+                row["start_step"]: row["loss"] for row in mine if row["start_kind"] == "step"
+            }
+            assert sorted(loss_at) == steps
+            first = next(t for t in checked if loss_at[t] <= 2.0)  # reached in 20 steps
+            (level,) = [row for row in mine if row["start_kind"] == "loss"]  # 1e-12: no row
+            assert level["start_loss_level"] == 2.0 and level["start_step"] == first
+            assert level["loss"] == pytest.approx(loss_at[first], rel=1e-12)  # same point
+            assert len(mine) == len(steps) + 1 + 1  # steps, the level reached, the end
+    full_end = [r["train_loss"] for r in runs[0] if r["start_kind"] == "end"]
+    mini_end = [r["train_loss"] for r in runs[16] if r["start_kind"] == "end"]
+    assert np.all(np.isfinite(mini_end)) and full_end != mini_end  # other steps were taken
+
+
+def test_finder_none_gives_the_starts_as_critical_points(x64):
+    import jax.numpy as jnp
+
+    from saddlestudy import critical
+
+    def loss(p):
+        return jnp.sum((p["w"] - 1.0) ** 2)
+
+    # |grad|^2 = 4 |w - 1|^2: 0 at w = 1, 4 at w = (0, 1), inf where the loss is inf.
+    starts = {"w": jnp.asarray([[1.0, 1.0], [0.0, 1.0], [jnp.inf, 1.0]])}
+    found = sweep._starts_as_found(loss, starts, 1e-10)
+    assert isinstance(found, critical.CriticalPoint)
+    assert found.method == "none" and found.max_iters == 0
+    assert found.status_name() == ["converged", "max_iters", "non_finite"]
+    np.testing.assert_array_equal(found.converged, [True, False, False])
+    np.testing.assert_array_equal(found.grad_norm_sq[:2], [0.0, 4.0])
+    d = found.to_dict()
+    assert d["params"].shape == (3, 2) and d["loss_history"].shape == (3, 1)
+
+
+# A Ray head started by the test: prints its address, holds it until stdin closes.
+RAY_HEAD = """
+import sys, ray
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+print(ray.get_runtime_context().gcs_address, flush=True)
+sys.stdin.read()
+ray.shutdown()
+"""
+
+
+def test_ray_address_runs_the_sweep_on_a_running_head(tmp_path):
+    pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]')")
+    # A throwaway head on this machine: no token authentication (Ray >= 2.5x may default to it).
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    head = subprocess.Popen(
+        [sys.executable, "-c", RAY_HEAD], env=env,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        address = head.stdout.readline().strip()
+        if not address:
+            pytest.skip(f"a local Ray head could not start (exit code {head.poll()})")
+        cfg_path = write_config(tmp_path, widths="[2]")
+        out = tmp_path / "out"
+        run = subprocess.run(
+            [sys.executable, "-m", "saddlestudy.sweep", str(cfg_path), "--out", str(out)]
+            + ["--quiet", "--backend", "ray", "--ray-address", address]
+            + ["--set", 'finder.method="none"'],  # the least to compile in a fresh worker
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr[-2000:]
+        rows = store.load_results(out, "tiny").to_pylist()
+        assert len(rows) == 2 * 2 and "cell 1/1" in run.stderr
+    finally:
+        head.stdin.close()
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+
+
+def test_primary_zero_tol_other_than_the_default_is_warned_once():
+    import warnings
+
+    from saddlestudy import spectrum
+
+    sweep._warn_once.cache_clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert sweep.primary_zero_tol([1e-8, spectrum.DEFAULT_ZERO_TOL]) == 1e-5
+        assert sweep.primary_zero_tol([1e-8, 1e-4]) == 1e-4
+        assert sweep.primary_zero_tol([1e-8, 1e-4]) == 1e-4
+    (said,) = [str(w.message) for w in caught]
+    assert "zero_tol = 0.0001" in said and "lacks the default 1e-05" in said
