@@ -11,9 +11,9 @@
   with a known number of isolated negatives (the analytic count of tests/test_inertia.py),
   deflated Lanczos at tau = 0.1: the number of products, exactness, wall time.
 - ``mlp``: the peer benchmark's point, a digits tanh MLP 64-192-192-10 (P = 51,466) after
-  ``--train-steps`` Adam steps in float64: the count below -1e-3 * lambda_max by deflated
-  Lanczos (``--max-matvecs``, ``--max-locked``) then SLQ, its bounds, the products and wall
-  time.
+  ``--train-steps`` Adam steps in float64: the count below -c * lambda_max (c =
+  ``--relative-tol``, default 1e-3) by deflated Lanczos (``--max-matvecs``,
+  ``--max-locked``) then SLQ, its bounds, the products and wall time.
 """
 
 from __future__ import annotations
@@ -137,13 +137,14 @@ def part_mlp(args):
         lambda: inertia.hessian_inertia(
             loss,
             params,
-            relative_tol=1e-3,
+            relative_tol=args.relative_tol,
             method="lanczos+slq",
             max_matvecs=args.max_matvecs,
             max_locked=args.max_locked,
         )
     )
-    print(f"  tau = 1e-3 * lambda_max = {r.zero_tol:.3e} (lambda_max {r.lambda_max:.4g}, "
+    print(f"  tau = {args.relative_tol:g} * lambda_max = {r.zero_tol:.3e} "
+          f"(lambda_max {r.lambda_max:.4g}, "
           f"lambda_min {r.lambda_min:.4g}): lo {r.num_negative_lo} hi {r.num_negative_hi} "
           f"exact {r.exact}, failure prob {r.failure_prob}, {r.num_matvecs} HVPs, "
           f"resolution {r.resolution:.2e}, {t:.1f} s; method {r.method}, SLQ estimate "
@@ -161,6 +162,7 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--max-matvecs", type=int, default=3000)
     parser.add_argument("--max-locked", type=int, default=256)
+    parser.add_argument("--relative-tol", type=float, default=1e-3)
     args = parser.parse_args(argv)
     print(f"# benchmarks/inertia_counts.py {datetime.date.today()}; {machine()}")
     for name, fn in (("lanczos", part_lanczos), ("mlp", part_mlp), ("dense", part_dense)):
