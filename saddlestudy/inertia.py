@@ -224,7 +224,6 @@ def _block_inertia(ldu: np.ndarray, ipiv: np.ndarray) -> tuple[int, int, int]:
     diag = np.diagonal(ldu)
     # Lower storage: ipiv[k] = ipiv[k + 1] < 0 marks a 2 x 2 block in rows k, k + 1.
     two = np.zeros(n, bool)
-    k = 0
     negative_pivots = np.flatnonzero(ipiv < 0)
     starts = []
     skip = -1
@@ -410,16 +409,18 @@ _apply_hessian_jit = jax.jit(_apply_hessian, static_argnums=0)
 
 @dataclasses.dataclass
 class _LanczosState:
-    """What deflated Lanczos has found: the locked vectors, H times them, the last round."""
+    """What deflated Lanczos has found: the locked part and the last round."""
 
-    Y: np.ndarray  # (j, P) orthonormal locked vectors
-    HY: np.ndarray  # (j, P)
+    mu: np.ndarray  # (j,) eigenvalues of M = Y^T H Y, Y the j locked vectors
+    eta: float  # ||H Y - Y M||_F (see ``_coupling``)
     theta: np.ndarray | None  # Ritz values of a round on the current deflation (None: none ran)
     last_steps: int
     num_matvecs: int
-    lowest_vector: np.ndarray | None  # Ritz vector of the overall lowest Ritz value
-    lowest: tuple[float, float]  # (value, residual)
-    highest: tuple[float, float]
+
+    @classmethod
+    def of(cls, Y, HY, theta, last_steps, num_matvecs) -> _LanczosState:
+        M, eta = _coupling(Y, HY) if Y.shape[0] else (np.zeros((0, 0)), 0.0)
+        return cls(np.linalg.eigvalsh(M), eta, theta, last_steps, num_matvecs)
 
 
 def _deflated_lanczos(
@@ -439,7 +440,6 @@ def _deflated_lanczos(
     room = int(memory.MEMORY_FRACTION * memory.device_memory_bytes("total") // (P * dtype.itemsize))
     depth = max(2, min(P, max_matvecs, room))
     keep = min(depth, max_locked)
-    lowest, highest, lowest_vector = (math.inf, 0.0), (-math.inf, 0.0), None
     eta = 0.0
     while True:
         key, k_start, k_restart = jax.random.split(key, 3)
@@ -466,19 +466,14 @@ def _deflated_lanczos(
         vectors = np.asarray(vectors)
         if not np.all(np.isfinite(theta)):
             raise spectrum_lib._non_finite_error("at these parameters")
-        if theta[0] < lowest[0]:
-            lowest, lowest_vector = (float(theta[0]), float(bounds[0])), vectors[0]
-        if theta[-1] > highest[0]:
-            highest = (float(theta[-1]), float(bounds[-1]))
         scale = max(abs(theta[0]), abs(theta[-1]))
         usable = min(steps, vectors.shape[0])
         candidates = np.flatnonzero(
             (theta[:usable] < lock_below) & (bounds[:usable] <= tol * scale)
         )[: max_locked - Y.shape[0]]
         new = _orthonormal_complement(vectors[candidates], Y)
-        state = _LanczosState(Y, HY, theta, steps, used, lowest_vector, lowest, highest)
-        if new.shape[0] == 0:
-            return state  # the round found nothing more: its Ritz values bound the rest
+        if new.shape[0] == 0:  # the round found nothing more: its Ritz values bound the rest
+            return _LanczosState.of(Y, HY, theta, steps, used)
         H_new = np.asarray(_apply_hessian_jit(loss_fn, params, jnp.asarray(new)))
         used += new.shape[0]
         Y = np.concatenate([Y, new])
@@ -487,7 +482,7 @@ def _deflated_lanczos(
         eta = _coupling(Y, HY)[1]
         if used + 2 > max_matvecs or Y.shape[0] >= max_locked:
             # No round ran on the final deflation: nothing is known of the complement.
-            return _LanczosState(Y, HY, None, 0, used, lowest_vector, lowest, highest)
+            return _LanczosState.of(Y, HY, None, 0, used)
 
 
 def _orthonormal_complement(vectors: np.ndarray, Y: np.ndarray) -> np.ndarray:
@@ -517,12 +512,8 @@ def _coupling(Y: np.ndarray, HY: np.ndarray) -> tuple[np.ndarray, float]:
 
 def _lanczos_bounds(state: _LanczosState, tau: float, P: int, failure_prob: float):
     """``(lo, hi, resolution)`` at threshold tau from a deflated Lanczos state."""
-    j = state.Y.shape[0]
-    if j:
-        M, eta = _coupling(state.Y, state.HY)
-        mu = np.linalg.eigvalsh(M)
-    else:
-        mu, eta = np.zeros(0), 0.0
+    mu, eta = state.mu, state.eta
+    j = mu.shape[0]
     below = int(np.sum(mu < -tau + eta))
     if state.theta is None:  # no round on the final deflation: the complement is unknown
         return int(np.sum(mu < -tau)), min(P, below + P - j), math.inf
@@ -724,11 +715,13 @@ def hessian_inertia(
         num_params=num_params,
     )
     if method == "dense":
-        records = _dense_records(loss_fn, params, taus, chunk_size, float(jnp.finfo(dtype).eps))
+        eps = float(jnp.finfo(dtype).eps)
+        records = _dense_records(loss_fn, params, num_params, taus, chunk_size, eps)
     else:
         records = _matrix_free_records(
             loss_fn,
             params,
+            num_params,
             k_method,
             taus,
             method=method,
@@ -753,9 +746,8 @@ def hessian_inertia(
     return results[0] if len(results) == 1 else results
 
 
-def _dense_records(loss_fn, params, taus, chunk_size, eps) -> list[dict]:
+def _dense_records(loss_fn, params, P, taus, chunk_size, eps) -> list[dict]:
     """Exact counts from the dense Hessian (two P x P matrices of memory)."""
-    P = sum(math.prod(jnp.shape(x)) for x in jax.tree.leaves(params))
     chunk = chunk_size or memory.plan(loss_fn, params, "dense")[1]
     H = _dense_jit(loss_fn, params, chunk_size=chunk)
     if not bool(jnp.all(jnp.isfinite(H))):
@@ -787,6 +779,7 @@ def _dense_records(loss_fn, params, taus, chunk_size, eps) -> list[dict]:
 def _matrix_free_records(
     loss_fn,
     params,
+    P,
     key,
     taus,
     *,
@@ -800,7 +793,6 @@ def _matrix_free_records(
     num_slq_matvecs,
 ) -> list[dict]:
     """Bounds (and, where they meet, counts) from deflated Lanczos and/or SLQ."""
-    P = sum(math.prod(jnp.shape(x)) for x in jax.tree.leaves(params))
     bounds = [(0, P, math.inf)] * len(taus)
     used = 0
     # Lanczos then SLQ: each upper bound fails with at most half of failure_prob, so the
