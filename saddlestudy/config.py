@@ -131,7 +131,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 # Tables that change how results are shown, never the results: left out of config_hash, so
 # that editing them does not orphan a finished study's results on disk.
 _PRESENTATION_TABLES = ("figures",)
-_GRID_KEYS = {("model", "depth"), ("model", "width"), ("model", "activation"), ("finder", "method")}
+_MODEL_GRID_KEYS = ("depth", "width", "activation")
 _TABLES = {"study", "data", "model", "optimizer", "train", "finder", "spectrum", "figures"}
 
 
@@ -166,6 +166,86 @@ def _check_widths(key: str, widths: list, depths: list) -> None:
             _fail(key, f"expected an int or a list of ints per layer, got {w!r}")
 
 
+def _check_train(key: str, train_cfg: dict) -> None:
+    for name in ("num_steps", "record_every", "replicas"):
+        if not is_int(train_cfg[name]) or train_cfg[name] < 1:
+            _fail(f"{key}.{name}", f"must be an int >= 1, got {train_cfg[name]!r}")
+    if train_cfg["num_steps"] % train_cfg["record_every"]:
+        _fail(f"{key}.record_every", f"must divide num_steps ({train_cfg['num_steps']})")
+    if not is_int(train_cfg["batch_size"]) or train_cfg["batch_size"] < 0:
+        _fail(
+            f"{key}.batch_size",
+            f"must be an int >= 0 (0 = full batch), got {train_cfg['batch_size']!r}",
+        )
+    steps = train_cfg["snapshot_steps"]
+    if not isinstance(steps, list):
+        _fail(f"{key}.snapshot_steps", f"must be a list of steps, got {steps!r}")
+    for s in steps:
+        if not is_int(s) or not 0 <= s <= train_cfg["num_steps"]:
+            _fail(f"{key}.snapshot_steps", f"steps must be ints in [0, num_steps], got {s!r}")
+    levels = train_cfg["snapshot_losses"]
+    if not isinstance(levels, list) or not all(_is_number(v) for v in levels):
+        _fail(f"{key}.snapshot_losses", f"must be a list of loss levels, got {levels!r}")
+
+
+def _resolve_model(key: str, given: Any, train_cfg: dict) -> dict:
+    if not isinstance(given, dict):
+        _fail(key, "must be a table ([model] or [[model]])")
+    defaults = _DEFAULTS["model"]
+    extra = sorted(set(given) - set(defaults) - {"train"})
+    if extra:
+        _fail(f"{key}.{extra[0]}", f"unknown key; known keys: {sorted(defaults)} and train")
+    model = {**copy.deepcopy(defaults), **copy.deepcopy(given)}
+    for name in _MODEL_GRID_KEYS:
+        model[name] = _as_list(f"{key}.{name}", model[name])
+    for d in model["depth"]:
+        if not is_int(d) or d < 0:
+            _fail(f"{key}.depth", f"depths must be ints >= 0, got {d!r}")
+    _check_widths(f"{key}.width", model["width"], model["depth"])
+    for a in model["activation"]:
+        if a not in models.ACTIVATIONS:
+            _fail(f"{key}.activation", f"unknown {a!r}; choose from {sorted(models.ACTIVATIONS)}")
+    if not isinstance(model["use_bias"], bool):
+        _fail(f"{key}.use_bias", f"must be true or false, got {model['use_bias']!r}")
+    if model["loss"] != "auto" and model["loss"] not in losses.LOSSES:
+        _fail(
+            f"{key}.loss",
+            f"unknown {model['loss']!r}; choose 'auto' or from {sorted(losses.LOSSES)}",
+        )
+    if not _is_number(model["l2"]) or model["l2"] < 0:
+        _fail(f"{key}.l2", f"must be a number >= 0, got {model['l2']!r}")
+    if "train" in model:
+        own = model["train"]
+        if not isinstance(own, dict):
+            _fail(f"{key}.train", f"must be a table ([{key.split('[')[0]}.train])")
+        extra = sorted(set(own) - set(_DEFAULTS["train"]))
+        if extra:
+            _fail(f"{key}.train.{extra[0]}", f"unknown key; known: {sorted(_DEFAULTS['train'])}")
+        _check_train(f"{key}.train", {**train_cfg, **own})
+    return model
+
+
+def _resolve_models(given: Any, train_cfg: dict) -> dict | list[dict]:
+    """``[model]`` (one grid) or ``[[model]]`` (a union of grids, e.g. other widths per depth
+    so that depths meet at equal P); an entry's ``[model.train]`` replaces [train] keys for
+    its cells (e.g. fewer replicas or no snapshots at the largest sizes)."""
+    if isinstance(given, list):
+        if not given:
+            _fail("model", "needs at least one [[model]] table")
+        return [_resolve_model(f"model[{i}]", m, train_cfg) for i, m in enumerate(given)]
+    return _resolve_model("model", given, train_cfg)
+
+
+def model_tables(cfg: dict) -> list[dict]:
+    """The study's model grids: ``cfg["model"]`` as a list (one entry for a single [model])."""
+    return cfg["model"] if isinstance(cfg["model"], list) else [cfg["model"]]
+
+
+def cell_train(cfg: dict, model: dict) -> dict:
+    """The [train] settings of a model grid's cells: the study's, with its own keys on top."""
+    return {**cfg["train"], **model.get("train", {})}
+
+
 def resolve(raw: dict) -> dict:
     """Validates a parsed TOML study and fills in defaults; returns the resolved config.
 
@@ -185,6 +265,8 @@ def resolve(raw: dict) -> dict:
         )
     cfg: dict[str, Any] = {}
     for table, defaults in _DEFAULTS.items():
+        if table == "model":
+            continue  # one table or an array of tables: _resolve_models
         given = raw.get(table, {})
         if not isinstance(given, dict):
             _fail(table, "must be a table ([...])")
@@ -192,8 +274,7 @@ def resolve(raw: dict) -> dict:
         if extra:
             _fail(f"{table}.{extra[0]}", f"unknown key; known keys: {sorted(defaults)}")
         cfg[table] = {**copy.deepcopy(defaults), **copy.deepcopy(given)}
-    for table, key in _GRID_KEYS:
-        cfg[table][key] = _as_list(f"{table}.{key}", cfg[table][key])
+    cfg["finder"]["method"] = _as_list("finder.method", cfg["finder"]["method"])
 
     study = cfg["study"]
     if not isinstance(study["name"], str) or not study["name"]:
@@ -222,24 +303,6 @@ def resolve(raw: dict) -> dict:
             _fail(f"{key}.dtype", "set the precision once, in study.dtype")
         cfg["data"].append(dict(entry))
 
-    model = cfg["model"]
-    for d in model["depth"]:
-        if not is_int(d) or d < 0:
-            _fail("model.depth", f"depths must be ints >= 0, got {d!r}")
-    _check_widths("model.width", model["width"], model["depth"])
-    for a in model["activation"]:
-        if a not in models.ACTIVATIONS:
-            _fail("model.activation", f"unknown {a!r}; choose from {sorted(models.ACTIVATIONS)}")
-    if not isinstance(model["use_bias"], bool):
-        _fail("model.use_bias", f"must be true or false, got {model['use_bias']!r}")
-    if model["loss"] != "auto" and model["loss"] not in losses.LOSSES:
-        _fail(
-            "model.loss",
-            f"unknown {model['loss']!r}; choose 'auto' or from {sorted(losses.LOSSES)}",
-        )
-    if not _is_number(model["l2"]) or model["l2"] < 0:
-        _fail("model.l2", f"must be a number >= 0, got {model['l2']!r}")
-
     optimizers = raw.get("optimizer")
     if optimizers is None:
         _fail("optimizer", "at least one [[optimizer]] table is required")
@@ -255,29 +318,8 @@ def resolve(raw: dict) -> dict:
             _fail(key, str(err))
         cfg["optimizer"].append(dict(entry))
 
-    train_cfg = cfg["train"]
-    for key in ("num_steps", "record_every", "replicas"):
-        if not is_int(train_cfg[key]) or train_cfg[key] < 1:
-            _fail(f"train.{key}", f"must be an int >= 1, got {train_cfg[key]!r}")
-    if train_cfg["num_steps"] % train_cfg["record_every"]:
-        _fail("train.record_every", f"must divide train.num_steps ({train_cfg['num_steps']})")
-    if not is_int(train_cfg["batch_size"]) or train_cfg["batch_size"] < 0:
-        _fail(
-            "train.batch_size",
-            f"must be an int >= 0 (0 = full batch), got {train_cfg['batch_size']!r}",
-        )
-    steps = (
-        _as_list("train.snapshot_steps", train_cfg["snapshot_steps"])
-        if train_cfg["snapshot_steps"]
-        else []
-    )
-    for s in steps:
-        if not is_int(s) or not 0 <= s <= train_cfg["num_steps"]:
-            _fail("train.snapshot_steps", f"steps must be ints in [0, num_steps], got {s!r}")
-    for v in train_cfg["snapshot_losses"]:
-        if not _is_number(v):
-            _fail("train.snapshot_losses", f"loss levels must be numbers, got {v!r}")
-
+    _check_train("train", cfg["train"])
+    cfg["model"] = _resolve_models(raw.get("model", {}), cfg["train"])
     finder = cfg["finder"]
     for m in finder["method"]:
         if m not in FINDER_METHODS:
@@ -451,7 +493,24 @@ def expand(cfg: dict, datasets: list[data.Dataset] | None = None) -> list[dict]:
                 datasets.append(load_cell_dataset(cfg, entry))
             except (ValueError, TypeError) as err:
                 _fail(f"data[{i}]", str(err))
-    model = cfg["model"]
+    cells = []
+    seen: dict[str, str] = {}
+    tables = model_tables(cfg)
+    for m_index, model in enumerate(tables):
+        where = f"model[{m_index}]" if isinstance(cfg["model"], list) else "model"
+        for cell in _model_cells(cfg, model, datasets, where):
+            if cell["cell_id"] in seen:
+                what = f"depth={cell['depth']} width={cell['width']}"
+                what += f" ({cell['dataset']}, {cell['optimizer']['name']})"
+                _fail(where, f"the cell {what} is in {seen[cell['cell_id']]} too")
+            seen[cell["cell_id"]] = where
+            cells.append(cell)
+    _check_spectrum_memory(cfg, cells)
+    return cells
+
+
+def _model_cells(cfg: dict, model: dict, datasets: list[data.Dataset], where: str) -> list[dict]:
+    train_cfg = cell_train(cfg, model)
     cells = []
     grid = itertools.product(
         range(len(datasets)),
@@ -470,14 +529,14 @@ def expand(cfg: dict, datasets: list[data.Dataset] | None = None) -> list[dict]:
         try:
             arch = _arch(ds, depth, width, activation, model["use_bias"])
         except ValueError as err:
-            _fail("model", str(err))
+            _fail(where, str(err))
         loss = losses.default_loss(ds.task) if model["loss"] == "auto" else model["loss"]
         if loss == "cross_entropy" and ds.task != "classification":
-            _fail("model.loss", f"cross_entropy needs a classification dataset, not {ds.name}")
-        if cfg["train"]["batch_size"] > ds.num_samples:
+            _fail(f"{where}.loss", f"cross_entropy needs a classification dataset, not {ds.name}")
+        if train_cfg["batch_size"] > ds.num_samples:
             _fail(
                 "train.batch_size",
-                f"{cfg['train']['batch_size']} exceeds the {ds.num_samples} samples of {ds.name}",
+                f"{train_cfg['batch_size']} exceeds the {ds.num_samples} samples of {ds.name}",
             )
         cell = {
             "data": cfg["data"][d_index],
@@ -493,7 +552,7 @@ def expand(cfg: dict, datasets: list[data.Dataset] | None = None) -> list[dict]:
             "finder_method": finder_method,
             "num_samples": ds.num_samples,
         }
-        settings = {k: cfg[k] for k in ("train", "finder", "spectrum")}
+        settings = {"train": train_cfg, "finder": cfg["finder"], "spectrum": cfg["spectrum"]}
         key = json.dumps(
             {
                 "cell": cell,  # not the spectrum method: under "auto" it depends on memory
@@ -505,8 +564,8 @@ def expand(cfg: dict, datasets: list[data.Dataset] | None = None) -> list[dict]:
         )
         cell["cell_id"] = hashlib.sha256(key.encode()).hexdigest()[:16]
         cell["spectrum_method"] = spectrum_plan(cfg, arch.num_params)
+        cell["train"] = train_cfg  # the cell's [train] settings (its [model.train] on top)
         cells.append(cell)
-    _check_spectrum_memory(cfg, cells)
     return cells
 
 
@@ -530,9 +589,10 @@ def spectrum_plan(cfg: dict, num_params: int) -> str:
     return "lanczos+slq"
 
 
-def num_starts(cfg: dict) -> int:
-    """Finder starts per replica: the snapshots plus the end point."""
-    t = cfg["train"]
+def num_starts(train_cfg: dict) -> int:
+    """Finder starts per replica of a cell with these [train] settings (``cell["train"]``):
+    the snapshots plus the end point."""
+    t = train_cfg
     return len(t["snapshot_steps"]) + len(t["snapshot_losses"]) + 1
 
 
@@ -575,16 +635,16 @@ def _check_spectrum_memory(cfg: dict, cells: list[dict]) -> None:
 
 def describe(cfg: dict, cells: list[dict]) -> str:
     """The expanded cells and an estimate of the work, for ``--dry-run``."""
-    t = cfg["train"]
     lines = [f"study {cfg['study']['name']} (config {config_hash(cfg)}): {len(cells)} cells"]
     lines.append(
         f"{'cell_id':16}  {'dataset':18} {'depth':>5} {'width':>8} {'act':8} {'P':>7} "
-        f"{'optimizer':10} {'finder':18} spectrum"
+        f"{'optimizer':10} {'finder':18} {'points':>7} spectrum"
     )
     points = 0
     work = 0.0
     for c in cells:
-        n = t["replicas"] * num_starts(cfg)
+        t = c["train"]
+        n = t["replicas"] * num_starts(t)
         points += n
         # Rough cost model in parameter-sample products: training steps plus finder iterations
         # (each about 2P HVPs), plus per point the Hessian-vector products of its counts
@@ -596,11 +656,11 @@ def describe(cfg: dict, cells: list[dict]) -> str:
         lines.append(
             f"{c['cell_id']:16}  {c['dataset']:18} {c['depth']:>5} {str(c['width']):>8} "
             f"{c['activation']:8} {c['num_params']:>7} {c['optimizer']['name']:10} "
-            f"{c['finder_method']:18} {c['spectrum_method']}"
+            f"{c['finder_method']:18} {t['replicas']:>3}x{num_starts(t):<3} {c['spectrum_method']}"
         )
     lines.append(
-        f"total: {len(cells)} cells, {points} finder starts ({t['replicas']} replicas x "
-        f"{num_starts(cfg)} starts per cell), about {work:.2e} multiply-adds (upper bound)"
+        f"total: {len(cells)} cells, {points} finder starts (points: replicas x starts per "
+        f"replica), about {work:.2e} multiply-adds (upper bound)"
     )
     lines.append(
         "spectrum: eigh = all P eigenvalues, stored (exact counts); dense = exact counts by "

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from saddlestudy import analysis  # noqa: E402
+from saddlestudy import analysis, census  # noqa: E402
 from saddlestudy.config import DEFAULT_FIGURE_CUTOFFS  # noqa: E402
 from saddlestudy.store import StoreCorruptError  # noqa: E402
 
@@ -367,6 +367,136 @@ class StudyConfigError(ValueError):
     """A study directory's config.json cannot be read."""
 
 
+def _secondary_p_axis(ax, nc: float) -> None:
+    """A top axis P / (N x outputs) and a dotted line where P crosses N x outputs."""
+    if not np.isfinite(nc):
+        return
+    ax.axvline(nc, color="0.5", ls=":", lw=1)
+    top = ax.secondary_xaxis("top", functions=(lambda p: p / nc, lambda r: r * nc))
+    top.set_xlabel("P / (N × outputs)", fontsize=7)
+    top.tick_params(labelsize=7)
+
+
+def _band(ax, table, col, **style) -> None:
+    y = table[col].to_numpy(float)
+    lo, hi = table[f"{col}_lo"].to_numpy(float), table[f"{col}_hi"].to_numpy(float)
+    err = np.vstack([y - lo, hi - y])
+    ax.errorbar(table["num_params"], y, yerr=np.nan_to_num(np.clip(err, 0, None)), capsize=2,
+                **style)  # fmt: skip
+
+
+def census_figure(
+    df,
+    *,
+    cutoff: float = census.DEFAULT_LOOSE_CUTOFF,
+    zero_tol: float = analysis.DEFAULT_ZERO_TOL,
+    relative_tol: float | None = None,
+):
+    """The headline census figure: against P, one series per depth (optimizers pooled;
+    medians and fractions with 95% bootstrap intervals) over the end points with
+    ``|grad L|^2 < cutoff`` and exact counts: the count k below -tau, the index k / P, the
+    index among non-flat directions k / #{|lambda| > tau}, the fraction of points with an
+    eigenvalue below -tau, the loss and ``|grad L|^2``. With ``relative_tol``, the count
+    panels also show tau = relative_tol x lambda_max (dashed). A top axis gives P / (N x
+    outputs); the dotted line marks interpolation."""
+    nc = census.interpolation_threshold(df)
+    fig, axes = plt.subplots(2, 3, figsize=(13.0, 7.5), layout="constrained")
+    (k_ax, idx_ax, nonflat_ax), (frac_ax, loss_ax, grad_ax) = axes
+    depths = sorted(set(df["depth"]))
+    colors = dict(zip(depths, plt.get_cmap("tab10").colors))
+    markers = "osD^v<>"
+    variants = [(zero_tol, False, "-", f"τ = {zero_tol:g}")]
+    if relative_tol is not None:
+        variants.append((relative_tol, True, "--", f"τ = {relative_tol:g}·λmax"))
+    for tol, relative, ls, tau_label in variants:
+        table = census.census_summary(df, cutoff=cutoff, zero_tol=tol, relative=relative)
+        if table.empty:
+            continue
+        for i, depth in enumerate(depths):
+            t = table[table["depth"] == depth]
+            style = dict(color=colors[depth], ls=ls, marker=markers[i % len(markers)], ms=4)
+            label = f"depth {depth}" + (f", {tau_label}" if len(variants) > 1 else "")
+            _band(k_ax, t, "k", label=label, **style)
+            _band(idx_ax, t, "index", **style)
+            _band(nonflat_ax, t, "index_nonflat", **style)
+            _band(frac_ax, t.rename(columns=lambda c: c.replace("fraction_saddle", "fs")), "fs",
+                  **style)  # fmt: skip
+            if not relative:
+                _band(loss_ax, t, "loss", **style)
+                _band(grad_ax, t, "grad_norm_sq", **style)
+                for _, row in t.iterrows():
+                    kept = f"{int(row['num_kept'])}/{int(row['num_ends'])}"
+                    k_ax.annotate(kept, (row["num_params"], row["k"]), fontsize=5, color="0.4",
+                                  xytext=(2, 2), textcoords="offset points")  # fmt: skip
+    for ax in axes.ravel():
+        ax.set_xscale("log")
+        ax.set_xlabel("number of parameters P")
+        _secondary_p_axis(ax, nc)
+    k_ax.set_yscale("symlog", linthresh=1)
+    k_ax.set_ylim(bottom=0)
+    k_ax.set_ylabel("count k of eigenvalues < −τ\n(median; labels: points kept / end points)")
+    idx_ax.set_ylabel("index k / P")
+    nonflat_ax.set_ylabel("index among non-flat directions\nk / #{|λ| > τ}")
+    frac_ax.set_ylabel("fraction of end points\nwith an eigenvalue < −τ (saddles)")
+    frac_ax.set_ylim(-0.05, 1.05)
+    loss_ax.set_yscale("log")
+    loss_ax.set_ylabel("loss at the end point")
+    grad_ax.set_yscale("log")
+    grad_ax.set_ylabel("‖∇L‖² at the end point")
+    k_ax.legend(fontsize=7)
+    fig.suptitle(
+        f"End points of training polished by the finder, ‖∇L‖² < {cutoff:g}, exact counts "
+        f"(τ = {zero_tol:g}); medians and fractions with 95% bootstrap intervals",
+        fontsize=9,
+    )
+    _footer(fig, df)
+    return fig
+
+
+def matched_loss_figure(
+    df,
+    *,
+    cutoffs: Sequence[float] = DEFAULT_FIGURE_CUTOFFS,
+    zero_tol: float = analysis.DEFAULT_ZERO_TOL,
+):
+    """The index at matched loss: one panel per selection (strict cutoff, gradient-flat,
+    loose cutoff) of the finder's points from the first step below each loss level, index
+    k / P against P (median, 95% interval), one colour per level, one marker per depth."""
+    table = census.matched_loss_summary(df, cutoffs=cutoffs, zero_tol=zero_tol)
+    selections = ("strict", "gradient_flat", "loose")
+    titles = {"strict": f"‖∇L‖² < {min(cutoffs):g}", "gradient_flat": "gradient-flat",
+              "loose": f"‖∇L‖² < {max(cutoffs):g}"}  # fmt: skip
+    fig, axes = plt.subplots(1, 3, figsize=(13.0, 4.2), layout="constrained", sharey=True)
+    nc = census.interpolation_threshold(df)
+    levels = sorted(set(table["start_loss_level"])) if not table.empty else []
+    colors = dict(zip(levels, plt.get_cmap("plasma")(np.linspace(0.1, 0.8, max(len(levels), 1)))))
+    depths = sorted(set(df["depth"]))
+    markers = "osD^v<>"
+    for ax, selection in zip(axes, selections):
+        for level in levels:
+            for i, depth in enumerate(depths):
+                t = table[(table["selection"] == selection) & (table["start_loss_level"] == level)
+                          & (table["depth"] == depth) & (table["num_exact"] > 0)]  # fmt: skip
+                if t.empty:
+                    continue
+                label = f"loss level {level:g}" if i == 0 else None
+                _band(ax, t, "index", color=colors[level], marker=markers[i % len(markers)],
+                      ms=4, ls="-", label=label)  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel("number of parameters P")
+        ax.set_title(titles[selection], fontsize=9)
+        _secondary_p_axis(ax, nc)
+    for i, depth in enumerate(depths):
+        axes[0].plot([], [], color="0.3", ls="none", marker=markers[i % len(markers)],
+                     label=f"depth {depth}")  # fmt: skip
+    axes[0].set_ylabel(f"index k / P (τ = {zero_tol:g}; median, 95% CI)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Index at matched loss: Newton-MR from the first step below each loss level",
+                 fontsize=9)  # fmt: skip
+    _footer(fig, df)
+    return fig
+
+
 def study_cutoffs(root: str | Path) -> tuple[float, ...]:
     """The index-vs-loss cutoffs of a study: its config's ``[figures] cutoffs``.
 
@@ -428,7 +558,21 @@ def study_figures(
     paths += save_figure(
         spectral_density_figure(df, spectra, densities), out / "spectral_density", formats
     )
+    if df["num_params"].max() >= 10 * df["num_params"].min():  # a census: a decade or more
+        relative = _study_relative_tol(df)
+        for name, cutoff in (("census", max(cutoffs)), ("census_strict", min(cutoffs))):
+            fig = census_figure(df, cutoff=cutoff, relative_tol=relative)
+            paths += save_figure(fig, out / name, formats)
+        if (df["start_kind"] == "loss").any():
+            paths += save_figure(matched_loss_figure(df, cutoffs=cutoffs), out / "matched_loss",
+                                 formats)  # fmt: skip
     return paths
+
+
+def _study_relative_tol(df) -> float | None:
+    """The smallest relative threshold c the study counted at (an ``@rel`` column), if any."""
+    rel = [float(c.split("@rel")[1]) for c in df.columns if c.startswith("num_negative@rel")]
+    return min(rel) if rel else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

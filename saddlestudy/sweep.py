@@ -157,7 +157,7 @@ def _run_cell(cfg: dict, cell: dict) -> tuple[pa.Table, dict[str, np.ndarray]]:
         use_bias=cell["use_bias"],
     )
     loss_fn = _loss_fn(dtype, entry_json, arch, cell["loss"], float(cell["l2"]))
-    t = cfg["train"]
+    t = cell["train"]
     R = t["replicas"]
     # The same initial replicas for every optimizer and finder of an architecture: a fair
     # comparison; the key depends only on the study seed, the data and the architecture.
@@ -365,7 +365,7 @@ def _starts_as_found(loss_fn, starts, grad_tol: float) -> critical.CriticalPoint
 
 def _rows(cfg, cell, arch, result, found, counts, kinds, keep, timings):
     n_starts = len(kinds)
-    t = cfg["train"]
+    t = cell["train"]
     start_step = t["snapshot_steps"] + [None] * len(t["snapshot_losses"]) + [None]
     start_level = [None] * len(t["snapshot_steps"]) + list(t["snapshot_losses"]) + [None]
     loss_steps = np.asarray(result.loss_snapshot_steps)
@@ -398,6 +398,7 @@ def _rows(cfg, cell, arch, result, found, counts, kinds, keep, timings):
             "dataset": cell["dataset"],
             "data_args": json.dumps(cell["data"], sort_keys=True),
             "num_samples": cell["num_samples"],
+            "num_outputs": arch.out_features,  # with num_samples: where P crosses N x outputs
             "depth": cell["depth"],
             "width": max(arch.widths) if arch.widths else 0,
             "widths": "-".join(map(str, arch.widths)),
@@ -524,11 +525,11 @@ class Progress:
         )  # fmt: skip
 
 
-def _expected_rows(cfg: dict) -> int | None:
+def _expected_rows(cell: dict) -> int | None:
     # With loss-level snapshots the count depends on which levels were reached.
-    if cfg["train"]["snapshot_losses"]:
+    if cell["train"]["snapshot_losses"]:
         return None
-    return cfg["train"]["replicas"] * study_config.num_starts(cfg)
+    return cell["train"]["replicas"] * study_config.num_starts(cell["train"])
 
 
 def _compute_and_write(cfg: dict, cell: dict, out: str) -> int:
@@ -582,10 +583,9 @@ def _run_study(
         }
         st.prepare(cfg, cfg_hash, manifest, fresh=fresh)
         progress = Progress(len(cells), quiet)
-        expected = _expected_rows(cfg)
         todo = []
         for cell in cells:
-            problem = st.part_problem(cell["cell_id"], expected)
+            problem = st.part_problem(cell["cell_id"], _expected_rows(cell))
             if problem is None:
                 progress.update(cell, _rows_in(st, cell["cell_id"]), skipped=True)
                 continue

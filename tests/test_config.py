@@ -38,7 +38,7 @@ def test_resolve_fills_defaults_and_expand_makes_the_grid():
     cells = config.expand(cfg)
     assert len(cells) == 2 * 2 * 2 * 2 * 2  # depth x width x activation x optimizer x finder
     assert len({c["cell_id"] for c in cells}) == len(cells)
-    assert config.num_starts(cfg) == 2
+    assert config.num_starts(cfg["train"]) == 2
     by = {(c["depth"], c["width"]): c["num_params"] for c in cells}
     assert by[(1, 3)] == 4 * 3 + 3 + 3 * 10 + 10
     assert by[(2, 5)] == 4 * 5 + 5 + 5 * 5 + 5 + 5 * 10 + 10
@@ -292,3 +292,75 @@ def test_the_schema_in_the_module_docstring_shows_the_real_defaults():
                 continue
             assert value == defaults[key], f"{table}.{key}: {value!r} != {defaults[key]!r}"
     assert set(config._DEFAULTS) <= set(schema)
+
+
+def test_model_tables_union_their_grids_with_their_own_train_settings():
+    # [[model]]: depths meet at other widths, and the large ones get fewer replicas and no
+    # snapshots ([model.train] on top of [train]).
+    raw = with_(
+        ["model"],
+        [
+            {"depth": [1], "width": [3, 5]},
+            {"depth": [2], "width": [4], "train": {"replicas": 1, "snapshot_steps": []}},
+        ],
+    )
+    raw["finder"] = {"method": ["newton_mr"]}
+    raw["optimizer"] = raw["optimizer"][:1]
+    cfg = config.resolve(raw)
+    cells = config.expand(cfg)
+    got = sorted((c["depth"], c["width"], c["train"]["replicas"]) for c in cells)
+    assert got == [(1, 3, 2), (1, 5, 2), (2, 4, 1)]
+    by_depth = {c["depth"]: c for c in cells}
+    assert (
+        config.num_starts(by_depth[1]["train"]) == 2
+        and config.num_starts(by_depth[2]["train"]) == 1
+    )
+    assert by_depth[2]["train"]["num_steps"] == 100  # the rest of [train] is inherited
+    # The same architecture under other train settings is another cell; the same one twice is
+    # refused in one line.
+    raw["model"].append({"depth": [2], "width": [4]})
+    assert len(config.expand(config.resolve(raw))) == 4
+    raw["model"].append({"depth": [1], "width": [5]})
+    with pytest.raises(
+        config.ConfigError, match=r"model\[3\]: the cell depth=1 width=5 .* model\[0\]"
+    ):
+        config.expand(config.resolve(raw))
+
+
+@pytest.mark.parametrize(
+    "model, match",
+    [
+        ([], r"^model: needs at least one"),
+        ([{"depth": [1], "train": {"replica": 2}}], r"^model\[0\]\.train\.replica: unknown key"),
+        ([{"depth": [1], "train": {"replicas": 0}}], r"^model\[0\]\.train\.replicas: must be"),
+        ([{"depth": [1]}, {"widht": [2]}], r"^model\[1\]\.widht: unknown key"),
+        (
+            [{"depth": [1], "train": {"snapshot_steps": [500]}}],
+            r"^model\[0\]\.train\.snapshot_steps",
+        ),
+        ([{"depth": [1], "train": 3}], r"^model\[0\]\.train: must be a table"),
+    ],
+)
+def test_bad_model_tables_name_the_key(model, match):
+    with pytest.raises(config.ConfigError, match=match):
+        config.resolve(with_(["model"], model))
+
+
+def test_census_studies_meet_at_equal_sizes_and_span_the_decades():
+    # The census's design (experiments/census.toml): depths 1, 2 and 4 within 8 % of each other
+    # at P ~ 1e3, 5e3 and 1e4; the quick version spans two decades up to P >= 1e4, exact counts.
+    full = config.expand(config.load("census"))
+    sizes = {}
+    for c in full:
+        sizes.setdefault(c["depth"], set()).add(c["num_params"])
+    for target in (1e3, 5e3, 1e4):
+        near = [min(s, key=lambda p: abs(p - target)) for s in sizes.values()]
+        assert len(near) == 3 and max(near) / min(near) < 1.08, (target, near)
+    assert max(c["num_params"] for c in full) >= 2e4
+    assert all(c["train"]["replicas"] >= 16 for c in full if c["num_params"] <= 5.1e3)
+    assert all(c["spectrum_method"] in ("eigh", "dense") for c in full)
+    quick = config.expand(config.load("census", quick=True))
+    ps = [c["num_params"] for c in quick]
+    assert max(ps) >= 1e4 and max(ps) / min(ps) >= 100
+    assert config.load("census")["model"][0]["loss"] == "mse"
+    assert all(c["l2"] == 0 for c in full)

@@ -496,3 +496,25 @@ def test_primary_zero_tol_other_than_the_default_is_warned_once():
         assert sweep.primary_zero_tol([1e-8, 1e-4]) == 1e-4
     (said,) = [str(w.message) for w in caught]
     assert "zero_tol = 0.0001" in said and "lacks the default 1e-05" in said
+
+
+def test_model_tables_give_each_cell_its_own_replicas_and_starts(tmp_path, restore_x64):
+    # [[model]] with [model.train]: the second architecture runs 1 replica and only its end
+    # point, the first 2 replicas x (snapshot + end); resuming finds every part complete.
+    text = tiny_study_toml("mt", "[2]", seed=3).replace(
+        '[model]\ndepth = [1]\nwidth = [2]\nactivation = ["tanh"]\n',
+        "[[model]]\ndepth = [1]\nwidth = [2]\n"
+        "[[model]]\ndepth = [1]\nwidth = [3]\n[model.train]\nreplicas = 1\nsnapshot_steps = []\n",
+    )
+    assert "[[model]]" in text
+    path = tmp_path / "mt.toml"
+    path.write_text(text)
+    out = tmp_path / "out"
+    assert sweep.main([str(path), "--out", str(out), "--quiet"]) == 0
+    rows = store.load_results(out / "mt").to_pylist()
+    by_width = {w: [r for r in rows if r["width"] == w] for w in (2, 3)}
+    assert sorted(r["start_kind"] for r in by_width[2]) == ["end", "end", "step", "step"]
+    assert [r["start_kind"] for r in by_width[3]] == ["end"] and by_width[3][0]["replica"] == 0
+    before = {p: p.stat().st_mtime_ns for p in (out / "mt").rglob("*.parquet")}
+    assert sweep.main([str(path), "--out", str(out), "--quiet"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "mt").rglob("*.parquet")} == before
