@@ -56,10 +56,16 @@ def _median_ci(values: np.ndarray) -> tuple[float, float, float]:
     return bootstrap_ci(values, np.median, num_resamples=_RESAMPLES)
 
 
+def _ends(df: pd.DataFrame) -> pd.DataFrame:
+    """The end points of training, diverged replicas left out."""
+    diverged = df["train_diverged"].astype(bool) if "train_diverged" in df else False
+    return df[(df["start_kind"] == "end") & ~diverged]
+
+
 def end_points(df: pd.DataFrame, cutoff: float) -> pd.DataFrame:
     """The polished end points of training with ``|grad L|^2 < cutoff`` (diverged replicas
     left out)."""
-    ends = df[(df["start_kind"] == "end") & ~df["train_diverged"].astype(bool)]
+    ends = _ends(df)
     return ends[ends["grad_norm_sq"] < cutoff]
 
 
@@ -79,7 +85,7 @@ def census_summary(
     with its interval and ``fraction_undetermined``; ``p_over_nc`` (P / (N x outputs)).
     With ``relative``, tau = ``zero_tol`` x lambda_max (the ``@rel`` columns)."""
     nc = interpolation_threshold(df)
-    ends = df[(df["start_kind"] == "end") & ~df["train_diverged"].astype(bool)]
+    ends = _ends(df)
     out = []
     for key, group in ends.groupby(list(by), observed=True, sort=True):
         key = key if isinstance(key, tuple) else (key,)
