@@ -95,3 +95,19 @@ def test_census_figures_draw_from_synthetic_rows(tmp_path):
     paths = figures.save_figure(figures.census_figure(df), tmp_path / "c", ("png",))
     paths += figures.save_figure(figures.matched_loss_figure(df), tmp_path / "m", ("png",))
     assert all(p.stat().st_size > 10_000 for p in paths)
+
+
+@pytest.mark.slow  # about 3.5 minutes on 2 idle cores
+def test_quick_census_end_to_end(tmp_path):
+    # The quick census: exact counts at every row, two decades up to P >= 1e4, its figures.
+    from saddlestudy import analysis, sweep
+
+    out = tmp_path / "results"
+    assert sweep.main(["census", "--quick", "--out", str(out), "--quiet"]) == 0
+    df = analysis.load(out / "census")
+    assert df["counts_exact"].all()
+    assert df["num_negative@1e-5"].notna().all() and df["num_negative@rel1e-3"].notna().all()
+    assert df["num_params"].max() >= 1e4 and df["num_params"].max() / df["num_params"].min() >= 100
+    assert census.interpolation_threshold(df) == 512 * 10
+    assert figures.main([str(out / "census"), "--out", str(tmp_path / "fig")]) == 0
+    assert (tmp_path / "fig" / "census.png").exists()

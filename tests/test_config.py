@@ -364,3 +364,9 @@ def test_census_studies_meet_at_equal_sizes_and_span_the_decades():
     assert max(ps) >= 1e4 and max(ps) / min(ps) >= 100
     assert config.load("census")["model"][0]["loss"] == "mse"
     assert all(c["l2"] == 0 for c in full)
+
+
+def test_gpu_census_reaches_two_hundred_thousand_parameters():
+    cells = config.expand(config.load("census_gpu"))
+    assert max(c["num_params"] for c in cells) >= 2e5
+    assert {c["depth"] for c in cells if c["num_params"] >= 9e4} == {1, 2, 4}
