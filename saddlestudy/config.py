@@ -589,6 +589,13 @@ def spectrum_plan(cfg: dict, num_params: int) -> str:
     return "lanczos+slq"
 
 
+def primary_zero_tol(zero_tols: list[float]) -> float:
+    """The tolerance of a row's ``index``, ``minimum_ratio`` and ``counts_exact``: the default
+    (1e-5) when the study counts at it, else its largest."""
+    default = spectrum.DEFAULT_ZERO_TOL
+    return default if default in zero_tols else max(zero_tols)
+
+
 def num_starts(train_cfg: dict) -> int:
     """Finder starts per replica of a cell with these [train] settings (``cell["train"]``):
     the snapshots plus the end point."""
@@ -661,6 +668,13 @@ def describe(cfg: dict, cells: list[dict]) -> str:
     lines.append(
         f"total: {len(cells)} cells, {points} finder starts (points: replicas x starts per "
         f"replica), about {work:.2e} multiply-adds (upper bound)"
+    )
+    spec = cfg["spectrum"]
+    rel = ", ".join(f"{c:g}" for c in spec["relative_tols"]) or "none"
+    lines.append(
+        f"counts at tau = {', '.join(f'{t:g}' for t in spec['zero_tols'])} (each row's index, "
+        f"minimum_ratio and counts_exact at {primary_zero_tol(spec['zero_tols']):g}) and at "
+        f"tau = c lambda_max for c = {rel}"
     )
     lines.append(
         "spectrum: eigh = all P eigenvalues, stored (exact counts); dense = exact counts by "

@@ -229,16 +229,17 @@ def _run_cell(cfg: dict, cell: dict) -> tuple[pa.Table, dict[str, np.ndarray]]:
 
 def primary_zero_tol(zero_tols: Sequence[float]) -> float:
     """The tolerance of a row's ``index``, ``minimum_ratio`` and ``counts_exact``: 1e-5 (Frye's
-    choice, shared/SCIENCE.md §1) when the study counts at it, else its largest."""
+    choice, shared/SCIENCE.md §1) when the study counts at it, else its largest (warned once)."""
+    primary = study_config.primary_zero_tol(zero_tols)
+    if primary == spectrum.DEFAULT_ZERO_TOL:
+        return primary
     default = spectrum.DEFAULT_ZERO_TOL
-    if default in zero_tols:
-        return default
     _warn_once(
         f"spectrum.zero_tols {list(zero_tols)} lacks the default {default:g}: each row's index, "
         f"minimum_ratio, counts_exact and the summary use zero_tol = {max(zero_tols):g} "
         "(recorded in the rows' zero_tol column)"
     )
-    return max(zero_tols)
+    return primary
 
 
 @functools.cache
@@ -368,9 +369,16 @@ def _rows(cfg, cell, arch, result, found, counts, kinds, keep, timings):
     t = cell["train"]
     start_step = t["snapshot_steps"] + [None] * len(t["snapshot_losses"]) + [None]
     start_level = [None] * len(t["snapshot_steps"]) + list(t["snapshot_losses"]) + [None]
-    loss_steps = np.asarray(result.loss_snapshot_steps)
-    steps_taken = np.asarray(result.steps)
+    # One transfer of the cell's device scalars, not one per row and field.
+    host = jax.device_get({
+        "loss_steps": result.loss_snapshot_steps, "steps": result.steps,
+        "diverged": result.diverged, "train_loss": result.loss,
+        "converged": found.converged, "gradient_flat": found.gradient_flat,
+        "grad_norm_sq": found.grad_norm_sq, "loss": found.loss, "iterations": found.iterations,
+    })  # fmt: skip
+    loss_steps, steps_taken = host["loss_steps"], host["steps"]
     prov = provenance()
+    cfg_hash = study_config.config_hash(cfg)
     spec = cfg["spectrum"]
     primary_tol = primary_zero_tol(spec["zero_tols"])
     thresholds = [(t, False) for t in spec["zero_tols"]]
@@ -393,7 +401,7 @@ def _rows(cfg, cell, arch, result, found, counts, kinds, keep, timings):
         row = {
             "row_id": row_id,
             "study": cfg["study"]["name"],
-            "config_hash": study_config.config_hash(cfg),
+            "config_hash": cfg_hash,
             "cell_id": cell["cell_id"],
             "dataset": cell["dataset"],
             "data_args": json.dumps(cell["data"], sort_keys=True),
@@ -413,15 +421,15 @@ def _rows(cfg, cell, arch, result, found, counts, kinds, keep, timings):
             "start_kind": kind,
             "start_step": step,
             "start_loss_level": start_level[s],
-            "train_diverged": bool(result.diverged[r]),
-            "train_loss": float(result.loss[r]),
+            "train_diverged": bool(host["diverged"][r]),
+            "train_loss": float(host["train_loss"][r]),
             "finder_method": cell["finder_method"],
             "grad_tol": cfg["finder"]["grad_tol"],
-            "converged": bool(found.converged[i]),
-            "gradient_flat": bool(found.gradient_flat[i]),
-            "grad_norm_sq": float(found.grad_norm_sq[i]),
-            "loss": float(found.loss[i]),
-            "iterations": int(found.iterations[i]),
+            "converged": bool(host["converged"][i]),
+            "gradient_flat": bool(host["gradient_flat"][i]),
+            "grad_norm_sq": float(host["grad_norm_sq"][i]),
+            "loss": float(host["loss"][i]),
+            "iterations": int(host["iterations"][i]),
             # What produced the counts: "eigh" (all P eigenvalues) or hessian_inertia's method.
             "spectrum_method": main.method,
             "zero_tol": primary_tol,

@@ -370,3 +370,11 @@ def test_gpu_census_reaches_two_hundred_thousand_parameters():
     cells = config.expand(config.load("census_gpu"))
     assert max(c["num_params"] for c in cells) >= 2e5
     assert {c["depth"] for c in cells if c["num_params"] >= 9e4} == {1, 2, 4}
+
+
+def test_describe_names_the_primary_tolerance():
+    raw = with_(["spectrum"], {"zero_tols": [1e-8, 1e-4], "relative_tols": []})
+    cfg = config.resolve(raw)
+    text = config.describe(cfg, config.expand(cfg))
+    assert "counts_exact at 0.0001" in text and "c = none" in text
+    assert "counts_exact at 1e-05" in config.describe(config.resolve(BASE), [])
