@@ -287,19 +287,15 @@ def thresholds() -> list[tuple[str, float]]:
     return [("absolute", t) for t in ABSOLUTE_TOLS] + [("relative", t) for t in RELATIVE_TOLS]
 
 
-def _call(point: Point, key: jax.Array, **kwargs) -> tuple[tuple[Any, ...], float]:
-    """One ``hessian_inertia`` call at every threshold of the benchmark: the results in the
-    order of :func:`thresholds` and the call's wall time (compilation included)."""
+def _call(point: Point, key: jax.Array, spec: dict, **kwargs) -> tuple[tuple[Any, ...], float]:
+    """One ``hessian_inertia`` call at the thresholds of ``spec`` (``zero_tol`` and/or
+    ``relative_tol``): the results as a tuple, and the call's wall time (compilation
+    included)."""
     t0 = time.perf_counter()
     results = ss.hessian_inertia(
-        point.loss_fn,
-        point.params,
-        zero_tol=ABSOLUTE_TOLS,
-        relative_tol=RELATIVE_TOLS,
-        key=key,
-        failure_prob=FAILURE_PROB,
-        **kwargs,
+        point.loss_fn, point.params, key=key, failure_prob=FAILURE_PROB, **spec, **kwargs
     )
+    results = results if isinstance(results, tuple) else (results,)
     return results, time.perf_counter() - t0
 
 
@@ -366,58 +362,84 @@ def lanczos_ladder(budgets: Sequence[int], num_params: int) -> list[int]:
 def measure_point(
     point: Point, plan: Plan, key: jax.Array, *, dense_check: bool = False
 ) -> Iterator[dict[str, Any]]:
-    """Lanczos up the ladder of ``max_matvecs`` until every threshold is exact, then SLQ at
-    each budget; one call serves the four thresholds (as in the census), so a record's
-    ``seconds`` is that call's and its Lanczos run stops by the rule for the largest tau."""
+    """Lanczos, one threshold per call (its stopping rule aims at the call's largest tau),
+    up the ladder of ``max_matvecs`` until exact (a larger budget would repeat the same
+    adaptive run); then SLQ at each budget, one call for every threshold (its quadrature
+    does not depend on tau; ``seconds`` is that call's)."""
     P = point.info["num_params"]
     dense = dense_counts(point.loss_fn, point.params, key) if dense_check else None
 
     def dense_at(result) -> int | None:
         return None if dense is None else _dense_truth(dense)[0](float(result.zero_tol))
 
-    runs = [
-        ("lanczos", str(b), dict(method="lanczos", max_matvecs=b))
-        for b in lanczos_ladder(plan.lanczos_budgets, P)
-    ]
-    runs += [
-        ("slq", f"{k}x{min(m, P)}", dict(method="slq", num_probes=k, num_slq_matvecs=min(m, P)))
-        for k, m in plan.slq_budgets
-    ]
-    all_exact = False
-    for method, budget, kwargs in runs:
-        if method == "lanczos" and all_exact:
-            continue  # a larger budget would repeat the same adaptive run
-        results, seconds = _call(point, key, **kwargs)
+    for kind, tol in thresholds():
+        spec = {"zero_tol": tol} if kind == "absolute" else {"relative_tol": tol}
+        for budget in lanczos_ladder(plan.lanczos_budgets, P):
+            (result,), seconds = _call(point, key, spec, method="lanczos", max_matvecs=budget)
+            yield record(
+                point, kind, tol, "lanczos", str(budget), result, seconds, dense_at(result)
+            )
+            if result.exact:
+                break
+    every = {"zero_tol": ABSOLUTE_TOLS, "relative_tol": RELATIVE_TOLS}
+    for probes, depth in plan.slq_budgets:
+        depth = min(depth, P)
+        results, seconds = _call(
+            point, key, every, method="slq", num_probes=probes, num_slq_matvecs=depth
+        )
         for (kind, tol), result in zip(thresholds(), results):
-            yield record(point, kind, tol, method, budget, result, seconds, dense_at(result))
-        all_exact = all(r.exact for r in results)
+            yield record(
+                point, kind, tol, "slq", f"{probes}x{depth}", result, seconds, dense_at(result)
+            )
 
 
 def points(plan: Plan, key: jax.Array) -> Iterator[tuple[Point, bool]]:
-    """Every point of the plan, with whether to check it against the dense count too."""
-    for n in plan.autoencoder_ns:
+    """Every point of the plan, with whether to check it against the dense count too; the
+    cheap sizes of every case first, so that a run cut short by its time budget still covers
+    every case."""
+    small = [n for n in plan.autoencoder_ns if n <= DENSE_CHECK_MAX_N]
+    for n in small:
         for point in analytic_points(n):
-            yield point, n <= DENSE_CHECK_MAX_N
-    for n in plan.newton_mr_ns:
+            yield point, True
+    for n in [n for n in plan.newton_mr_ns if n <= DENSE_CHECK_MAX_N]:
         yield from (
             (pt, False)
             for pt in newton_mr_points(n, plan.newton_mr_starts, plan.newton_mr_iters, key)
         )
     for width in plan.mlp_widths:
         yield mlp_point(width, key), False
+    for n in [n for n in plan.newton_mr_ns if n > DENSE_CHECK_MAX_N]:
+        yield from (
+            (pt, False)
+            for pt in newton_mr_points(n, plan.newton_mr_starts, plan.newton_mr_iters, key)
+        )
+    for n in [n for n in plan.autoencoder_ns if n > DENSE_CHECK_MAX_N]:
+        for point in analytic_points(n):
+            yield point, False
 
 
 def run_validation(
-    plan: Plan, out: Path | None = None, *, log: Callable[[str], None] = print
+    plan: Plan,
+    out: Path | None = None,
+    *,
+    log: Callable[[str], None] = print,
+    time_budget: float = math.inf,
 ) -> list[dict[str, Any]]:
     """Measures every point of ``plan``; returns the records, and appends each as a JSON line
-    to ``out`` as soon as it is measured (so that a long run can be watched). Needs
-    ``jax_enable_x64`` on."""
+    to ``out`` as soon as it is measured (so that a long run can be watched). No new point
+    is started after ``time_budget`` seconds. Needs ``jax_enable_x64`` on."""
     if not jax.config.jax_enable_x64:
         raise ValueError("the count validation needs float64: switch jax_enable_x64 on")
     key = jax.random.key(SEED)
     records = []
+    start = time.perf_counter()
     for point, check in points(plan, key):
+        if time.perf_counter() - start > time_budget:
+            log(
+                f"time budget of {time_budget:.0f} s spent: stopping before {point.case} "
+                f"{point.name} P = {point.info['num_params']} and the points after it"
+            )
+            break
         t0 = time.perf_counter()
         log(f"{point.case} {point.name} P = {point.info['num_params']} ...")
         for rec in measure_point(point, plan, key, dense_check=check):
@@ -604,6 +626,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--plot-only", action="store_true", help="draw the figure from --out")
     parser.add_argument("--max-n", type=int, default=None, help="largest autoencoder n")
     parser.add_argument("--no-mlp", action="store_true")
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=math.inf,
+        help="seconds after which no new point is started",
+    )
     parser.add_argument("--figure", type=Path, default=FIGURE_STEM)
     args = parser.parse_args(argv)
     if not args.plot_only:
@@ -624,7 +652,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"# {plan}", flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.unlink(missing_ok=True)
-        run_validation(plan, args.out, log=lambda s: print(s, flush=True))
+        run_validation(
+            plan, args.out, log=lambda s: print(s, flush=True), time_budget=args.time_budget
+        )
     records = load_records(args.out)
     print(markdown_table(records))
     print("figure:", *save_validation_figure(records, args.figure))

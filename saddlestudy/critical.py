@@ -33,7 +33,11 @@ them, so they cost no extra iterations). Methods:
   comparisons, and finds minima.
 
 All methods stop once ``|g|^2 < grad_tol``, after ``max_iters`` iterations, or when they stall
-(no acceptable step: the line search or the damping schedule gave up).
+(no acceptable step: the line search or the damping schedule gave up). Each method is an
+``(init, propose)`` pair over its own typed state (``NewtonMRState``, ``GradNormState``,
+``GradNormAdamState``, ``DampingState``), as optax writes transformations; the Armijo line
+search, the acceptance of a step and the stopping rule are shared (``_backtrack``,
+``_make_finder``'s ``step``, ``_status``).
 
 **Gradient-flat test** (Frye et al. 2021, shared/SCIENCE.md §2). At the final point, with g
 the gradient, H the Hessian and p the Newton-MR step (MINRES-QLP on ``H p = -g``):
@@ -68,7 +72,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -465,198 +469,262 @@ def _linear_maxiter(opts: FinderOptions, P: int) -> int:
     return opts.linear_maxiter if opts.linear_maxiter is not None else min(2 * P, 1000)
 
 
+class FinderState(NamedTuple):
+    """One start's state in every finder: the point, its loss and gradient, the counters and
+    histories, and ``inner``, the method's own typed state."""
+
+    theta: jax.Array  # the point, raveled
+    loss: jax.Array
+    g: jax.Array  # the gradient at theta
+    gn2: jax.Array  # |g|^2
+    it: jax.Array
+    status: jax.Array  # _RUNNING or an index into STATUS
+    num_hvps: jax.Array
+    num_grads: jax.Array
+    loss_history: jax.Array
+    grad_norm_sq_history: jax.Array
+    inner: Any
+
+
+class NewtonMRState(NamedTuple):
+    radius: jax.Array  # the trust radius of the next MINRES-QLP solve (inf: none)
+
+
+class GradNormState(NamedTuple):
+    step: jax.Array  # the first step size the next line search tries
+
+
+class GradNormAdamState(NamedTuple):
+    adam: optax.OptState
+
+
+class DampingState(NamedTuple):
+    damping: jax.Array  # lambda of damped Newton and saddle-free Newton
+
+
+class Proposal(NamedTuple):
+    """A method's proposed step: the new point with its loss, gradient and ``|g|^2``, whether
+    to accept it, whether the method has stalled, its cost and the method's next state."""
+
+    theta: jax.Array
+    loss: jax.Array
+    g: jax.Array
+    gn2: jax.Array
+    ok: jax.Array
+    stalled: jax.Array
+    num_hvps: jax.Array
+    num_grads: jax.Array
+    inner: Any
+
+
+class _Ops(NamedTuple):
+    """The loss's derivatives on raveled parameters, and the shared Lanczos restart vector."""
+
+    value_and_grad: Callable
+    hvp: Callable  # (theta, v) -> H(theta) v
+    restart: jax.Array
+
+
+def _backtrack(ops, opts, theta, direction, merit0, slope, merit_fn, alpha0, active):
+    """Armijo: the first alpha = alpha0 * backtrack^j with merit <= merit0 + c alpha slope.
+    ``merit_fn(theta) -> (merit, (loss, g))``. Returns ``(ok, alpha, merit, (loss, g), tries)``."""
+
+    def cond(c):
+        return c[3]
+
+    def body(c):
+        alpha, tries, _, _, _, _ = c
+        value, aux = merit_fn(theta + alpha * direction)
+        ok = jnp.isfinite(value) & (value <= merit0 + opts.armijo * alpha * slope)
+        tries = tries + 1
+        alpha = jnp.where(ok, alpha, alpha * opts.backtrack)
+        return alpha, tries, ok, ~ok & (tries < opts.max_backtracks), value, aux
+
+    aux0 = (jnp.zeros((), theta.dtype), jnp.zeros_like(theta))  # shape donor: (loss, g)
+    start = (jnp.asarray(alpha0, theta.dtype), jnp.zeros((), jnp.int32), jnp.array(False),
+             active & (slope < 0), merit0, aux0)  # fmt: skip
+    alpha, tries, ok, _, value, aux = lax.while_loop(cond, body, start)
+    return ok, alpha, value, aux, tries
+
+
+def _gn_merit(ops, scale=1.0):
+    """``theta -> (scale |g|^2, (loss, g))``: the merit function of the line searches."""
+
+    def merit(theta):
+        loss, g = ops.value_and_grad(theta)
+        return scale * jnp.sum(jnp.square(g)), (loss, g)
+
+    return merit
+
+
+def _evaluate(ops, theta):
+    """``(loss, g, |g|^2)`` at theta."""
+    loss, g = ops.value_and_grad(theta)
+    return loss, g, jnp.sum(jnp.square(g))
+
+
+# Newton-MR ---------------------------------------------------------------------------------
+
+
+def _newton_mr_init(theta, opts):
+    return NewtonMRState(radius=jnp.asarray(jnp.inf, theta.dtype))
+
+
+def _newton_mr_propose(ops, opts, s: FinderState, active) -> Proposal:
+    theta, g = s.theta, s.g
+    maxiter = jnp.where(active, _linear_maxiter(opts, theta.shape[0]), 0)
+    btol = jnp.minimum(opts.forcing * jnp.linalg.norm(g) ** opts.forcing_power, 0.5)
+    p, info = linalg.minres_qlp(
+        lambda v: ops.hvp(theta, v), -g, rtol=opts.linear_rtol, btol=btol,
+        artol=opts.linear_artol, maxiter=maxiter, maxxnorm=opts.max_step_norm,
+        acondlim=opts.max_condition, trust_radius=s.inner.radius,
+    )  # fmt: skip
+    truncated = info.flag == 11
+    # d/dalpha |g(theta + alpha p)|^2 at 0 is 2 <Hp, g>; MINRES iterates make it < 0 (Roosta
+    # et al.), zero only if p = 0 (g in the kernel of H: nothing to do).
+    slope = 2 * jnp.vdot(ops.hvp(theta, p), g)
+    ok, alpha, value, (loss, g_new), tries = _backtrack(
+        ops, opts, theta, p, s.gn2, slope, _gn_merit(ops), 1.0, active
+    )
+    radius = s.inner.radius
+    if opts.adaptive_radius:
+        grown = jnp.where(alpha < 1, alpha * jnp.linalg.norm(p), radius)
+        grown = jnp.where((alpha == 1) & truncated, grown * opts.radius_growth, grown)
+        radius = jnp.where(ok, grown, radius)
+    # Two matvecs for MINRES-QLP's explicit final residuals, one for the slope.
+    return Proposal(theta + alpha * p, loss, g_new, value, ok, ~ok, info.iterations + 3, tries,
+                    NewtonMRState(radius))  # fmt: skip
+
+
+# Gradient-norm minimisation ----------------------------------------------------------------
+
+
+def _gradnorm_init(theta, opts):
+    return GradNormState(step=jnp.asarray(opts.initial_step, theta.dtype))
+
+
+def _gradnorm_propose(ops, opts, s: FinderState, active) -> Proposal:
+    d = ops.hvp(s.theta, s.g)  # the gradient of 1/2 |g|^2
+    slope = -jnp.sum(jnp.square(d))
+    ok, alpha, value, (loss, g_new), tries = _backtrack(
+        ops, opts, s.theta, -d, 0.5 * s.gn2, slope, _gn_merit(ops, 0.5), s.inner.step, active
+    )
+    step = jnp.where(ok, alpha * opts.step_growth, s.inner.step)
+    return Proposal(s.theta - alpha * d, loss, g_new, 2 * value, ok, ~ok, 1, tries,
+                    GradNormState(step))  # fmt: skip
+
+
+def _gradnorm_adam_init(theta, opts):
+    return GradNormAdamState(adam=optax.adam(opts.learning_rate).init(theta))
+
+
+def _gradnorm_adam_propose(ops, opts, s: FinderState, active) -> Proposal:
+    d = ops.hvp(s.theta, s.g)
+    updates, adam = optax.adam(opts.learning_rate).update(d, s.inner.adam, s.theta)
+    new_theta = s.theta + updates
+    loss, g_new, value = _evaluate(ops, new_theta)
+    return Proposal(new_theta, loss, g_new, value, jnp.isfinite(value), jnp.array(False), 1, 1,
+                    GradNormAdamState(adam))  # fmt: skip
+
+
+# Damped Newton and saddle-free Newton ------------------------------------------------------
+
+
+def _damping_init(theta, opts):
+    return DampingState(damping=jnp.asarray(opts.damping, theta.dtype))
+
+
+def _damped_newton_propose(ops, opts, s: FinderState, active) -> Proposal:
+    theta = s.theta
+    p, info = linalg.minres_qlp(
+        lambda v: ops.hvp(theta, v), -s.g, shift=-s.inner.damping, rtol=opts.linear_rtol,
+        maxiter=jnp.where(active, _linear_maxiter(opts, theta.shape[0]), 0),
+        maxxnorm=opts.max_step_norm, acondlim=opts.max_condition,
+    )  # fmt: skip
+    new_theta = theta + p
+    loss, g_new, value = _evaluate(ops, new_theta)
+    ok = jnp.isfinite(value) & (value < s.gn2)  # a step must lower |g|^2
+    damping = _next_damping(s.inner.damping, ok, opts)
+    return Proposal(new_theta, loss, g_new, value, ok, damping > opts.max_damping,
+                    info.iterations + 2, 1, DampingState(damping))  # fmt: skip
+
+
+def _saddle_free_newton_propose(ops, opts, s: FinderState, active) -> Proposal:
+    k = min(opts.krylov_dim, s.theta.shape[0])
+    ritz, Y = _lanczos_ritz(lambda v: ops.hvp(s.theta, v), s.g, k, ops.restart)  # Y: (k, P)
+    coef = (Y @ s.g) / (jnp.abs(ritz) + s.inner.damping)
+    new_theta = s.theta - Y.T @ coef
+    loss, g_new, value = _evaluate(ops, new_theta)
+    ok = jnp.isfinite(loss) & (loss < s.loss)  # a step must lower the loss: it flees saddles
+    damping = _next_damping(s.inner.damping, ok, opts)
+    return Proposal(new_theta, loss, g_new, value, ok, damping > opts.max_damping, k, 1,
+                    DampingState(damping))  # fmt: skip
+
+
+def _method(cfg: _Config) -> tuple[Callable, Callable]:
+    """The (init, propose) pair of the config's method."""
+    if cfg.method == "gradnorm" and cfg.options.gradnorm_optimizer == "adam":
+        return _gradnorm_adam_init, _gradnorm_adam_propose
+    return {
+        "newton_mr": (_newton_mr_init, _newton_mr_propose),
+        "gradnorm": (_gradnorm_init, _gradnorm_propose),
+        "damped_newton": (_damping_init, _damped_newton_propose),
+        "saddle_free_newton": (_damping_init, _saddle_free_newton_propose),
+    }[cfg.method]
+
+
+def _status(cfg: _Config, it, loss, gn2, stalled) -> jax.Array:
+    """The stopping rule shared by every method; later tests take precedence."""
+    status = jnp.full((), _RUNNING, jnp.int32)
+    status = jnp.where(it >= cfg.max_iters, 1, status)
+    status = jnp.where(stalled, 2, status)
+    status = jnp.where(~(jnp.isfinite(loss) & jnp.isfinite(gn2)), 3, status)
+    return jnp.where(gn2 < cfg.grad_tol, 0, status).astype(jnp.int32)
+
+
 def _make_finder(loss_fn: LossFn, cfg: _Config, unravel: Callable, restart: jax.Array):
-    """The per-start pieces: init, one step, and the final gradient-flat test.
+    """The per-start pieces: ``init(theta)``, ``step(state, active)`` and the final
+    gradient-flat test, built from the method's (init, propose) pair and the shared stopping
+    rule.
 
     ``restart`` is the random vector Lanczos continues from after a breakdown (shared by the
     starts: it is rarely used).
     """
     opts = cfg.options
-
-    def f(theta):
-        return loss_fn(unravel(theta))
-
-    value_and_grad = jax.value_and_grad(f)
-    grad = jax.grad(f)
+    grad = jax.grad(lambda theta: loss_fn(unravel(theta)))
 
     def hvp(theta, v):
         return jax.jvp(grad, (theta,), (v,))[1]
 
-    def newton_mr_direction(theta, g, active, radius=jnp.inf):
-        P = theta.shape[0]
-        maxiter = jnp.where(active, _linear_maxiter(opts, P), 0)
-        btol = jnp.minimum(opts.forcing * jnp.linalg.norm(g) ** opts.forcing_power, 0.5)
-        p, info = linalg.minres_qlp(
-            lambda v: hvp(theta, v),
-            -g,
-            rtol=opts.linear_rtol,
-            btol=btol,
-            artol=opts.linear_artol,
-            maxiter=maxiter,
-            maxxnorm=opts.max_step_norm,
-            acondlim=opts.max_condition,
-            trust_radius=radius,
-        )
-        # Two matvecs for the explicit final residuals.
-        return p, info.iterations + 2, info.flag == 11
+    ops = _Ops(jax.value_and_grad(lambda theta: loss_fn(unravel(theta))), hvp, restart)
+    method_init, propose = _method(cfg)
 
-    def backtrack(theta, direction, merit0, slope, merit_fn, alpha0, active):
-        """Armijo: the first alpha = alpha0 * backtrack^j with merit <= merit0 + c alpha slope."""
-
-        def cond(c):
-            return c["running"]
-
-        def body(c):
-            value, aux = merit_fn(theta + c["alpha"] * direction)
-            ok = jnp.isfinite(value) & (value <= merit0 + opts.armijo * c["alpha"] * slope)
-            tries = c["tries"] + 1
-            return dict(
-                alpha=jnp.where(ok, c["alpha"], c["alpha"] * opts.backtrack),
-                tries=tries,
-                ok=ok,
-                running=~ok & (tries < opts.max_backtracks),
-                value=value,
-                aux=aux,
-            )
-
-        start = dict(
-            alpha=jnp.asarray(alpha0, theta.dtype),
-            tries=jnp.zeros((), jnp.int32),
-            ok=jnp.array(False),
-            running=active & (slope < 0),
-            value=merit0,
-            aux=merit_aux0(theta),
-        )
-        out = lax.while_loop(cond, body, start)
-        return out["ok"], out["alpha"], out["value"], out["aux"], out["tries"]
-
-    def merit_aux0(theta):
-        # Shape donor for the line-search carry: (loss, gradient) at a point.
-        return (jnp.zeros((), theta.dtype), jnp.zeros_like(theta))
-
-    def gn_merit(theta):
-        loss, g = value_and_grad(theta)
-        return jnp.sum(jnp.square(g)), (loss, g)
-
-    def half_gn_merit(theta):
-        loss, g = value_and_grad(theta)
-        return 0.5 * jnp.sum(jnp.square(g)), (loss, g)
-
-    def init(theta):
-        loss, g = value_and_grad(theta)
-        gn2 = jnp.sum(jnp.square(g))
+    def init(theta) -> FinderState:
+        loss, g, gn2 = _evaluate(ops, theta)
         finite = jnp.isfinite(loss) & jnp.isfinite(gn2)
         status = jnp.where(~finite, 3, jnp.where(gn2 < cfg.grad_tol, 0, _RUNNING))
         hist = jnp.full((cfg.max_iters + 1,), jnp.nan, theta.dtype)
-        state = dict(
-            theta=theta,
-            loss=loss,
-            g=g,
-            gn2=gn2,
-            it=jnp.zeros((), jnp.int32),
-            status=status.astype(jnp.int32),
-            num_hvps=jnp.zeros((), jnp.int32),
-            num_grads=jnp.ones((), jnp.int32),
-            loss_history=hist.at[0].set(loss),
-            grad_norm_sq_history=hist.at[0].set(gn2),
-            step=jnp.asarray(opts.initial_step, theta.dtype),
-            damping=jnp.asarray(opts.damping, theta.dtype),
-            radius=jnp.asarray(jnp.inf, theta.dtype),
-        )
-        if cfg.method == "gradnorm" and opts.gradnorm_optimizer == "adam":
-            state["adam"] = optax.adam(opts.learning_rate).init(theta)
-        return state
+        return FinderState(
+            theta=theta, loss=loss, g=g, gn2=gn2, it=jnp.zeros((), jnp.int32),
+            status=status.astype(jnp.int32), num_hvps=jnp.zeros((), jnp.int32),
+            num_grads=jnp.ones((), jnp.int32), loss_history=hist.at[0].set(loss),
+            grad_norm_sq_history=hist.at[0].set(gn2), inner=method_init(theta, opts),
+        )  # fmt: skip
 
-    def step(s, active):
-        theta, g, gn2 = s["theta"], s["g"], s["gn2"]
-        n = dict(s)
-        if cfg.method == "newton_mr":
-            p, cost, truncated = newton_mr_direction(theta, g, active, s["radius"])
-            # d/dalpha |g(theta + alpha p)|^2 at 0 is 2 <Hp, g>; MINRES iterates make it < 0
-            # (Roosta et al.), zero only if p = 0 (g in the kernel of H: nothing to do).
-            slope = 2 * jnp.vdot(hvp(theta, p), g)
-            ok, alpha, value, (loss, g_new), tries = backtrack(
-                theta, p, gn2, slope, gn_merit, 1.0, active
-            )
-            new_theta = theta + alpha * p
-            n["num_hvps"] = s["num_hvps"] + cost + 1
-            n["num_grads"] = s["num_grads"] + tries
-            stalled = ~ok
-            if opts.adaptive_radius:
-                radius = jnp.where(alpha < 1, alpha * jnp.linalg.norm(p), s["radius"])
-                radius = jnp.where((alpha == 1) & truncated, radius * opts.radius_growth, radius)
-                n["radius"] = jnp.where(ok, radius, s["radius"])
-        elif cfg.method == "gradnorm" and opts.gradnorm_optimizer == "adam":
-            d = hvp(theta, g)
-            updates, n["adam"] = optax.adam(opts.learning_rate).update(d, s["adam"], theta)
-            new_theta = theta + updates
-            loss, g_new = value_and_grad(new_theta)
-            value = jnp.sum(jnp.square(g_new))
-            ok = jnp.isfinite(value)
-            stalled = jnp.array(False)
-            n["num_hvps"] = s["num_hvps"] + 1
-            n["num_grads"] = s["num_grads"] + 1
-        elif cfg.method == "gradnorm":
-            d = hvp(theta, g)
-            slope = -jnp.sum(jnp.square(d))
-            ok, alpha, value, (loss, g_new), tries = backtrack(
-                theta, -d, 0.5 * gn2, slope, half_gn_merit, s["step"], active
-            )
-            value = 2 * value
-            new_theta = theta - alpha * d
-            n["step"] = jnp.where(ok, alpha * opts.step_growth, s["step"])
-            n["num_hvps"] = s["num_hvps"] + 1
-            n["num_grads"] = s["num_grads"] + tries
-            stalled = ~ok
-        elif cfg.method == "damped_newton":
-            P = theta.shape[0]
-            p, info = linalg.minres_qlp(
-                lambda v: hvp(theta, v),
-                -g,
-                shift=-s["damping"],
-                rtol=opts.linear_rtol,
-                maxiter=jnp.where(active, _linear_maxiter(opts, P), 0),
-                maxxnorm=opts.max_step_norm,
-                acondlim=opts.max_condition,
-            )
-            new_theta = theta + p
-            loss, g_new = value_and_grad(new_theta)
-            value = jnp.sum(jnp.square(g_new))
-            ok = jnp.isfinite(value) & (value < gn2)
-            n["damping"] = _next_damping(s["damping"], ok, opts)
-            stalled = n["damping"] > opts.max_damping
-            n["num_hvps"] = s["num_hvps"] + info.iterations + 2
-            n["num_grads"] = s["num_grads"] + 1
-        else:  # saddle_free_newton
-            k = min(opts.krylov_dim, theta.shape[0])
-            ritz, Y = _lanczos_ritz(lambda v: hvp(theta, v), g, k, restart)  # Y: (k, P)
-            coef = (Y @ g) / (jnp.abs(ritz) + s["damping"])
-            p = -(Y.T @ coef)
-            new_theta = theta + p
-            loss, g_new = value_and_grad(new_theta)
-            value = jnp.sum(jnp.square(g_new))
-            ok = jnp.isfinite(loss) & (loss < s["loss"])
-            n["damping"] = _next_damping(s["damping"], ok, opts)
-            stalled = n["damping"] > opts.max_damping
-            n["num_hvps"] = s["num_hvps"] + k
-            n["num_grads"] = s["num_grads"] + 1
-
-        accept = ok & active
-        it = s["it"] + 1
-        n["theta"] = jnp.where(accept, new_theta, theta)
-        n["loss"] = jnp.where(accept, loss, s["loss"])
-        n["g"] = jnp.where(accept, g_new, g)
-        n["gn2"] = jnp.where(accept, value, gn2)
-        n["it"] = it
-        n["loss_history"] = s["loss_history"].at[it].set(n["loss"])
-        n["grad_norm_sq_history"] = s["grad_norm_sq_history"].at[it].set(n["gn2"])
-        status = jnp.full((), _RUNNING, jnp.int32)
-        status = jnp.where(it >= cfg.max_iters, 1, status)
-        status = jnp.where(stalled, 2, status)
-        status = jnp.where(~(jnp.isfinite(n["loss"]) & jnp.isfinite(n["gn2"])), 3, status)
-        status = jnp.where(n["gn2"] < cfg.grad_tol, 0, status)
-        n["status"] = status.astype(jnp.int32)
-        return n
+    def step(s: FinderState, active) -> FinderState:
+        prop = propose(ops, opts, s, active)
+        accept = prop.ok & active
+        it = s.it + 1
+        loss = jnp.where(accept, prop.loss, s.loss)
+        gn2 = jnp.where(accept, prop.gn2, s.gn2)
+        return FinderState(
+            theta=jnp.where(accept, prop.theta, s.theta), loss=loss,
+            g=jnp.where(accept, prop.g, s.g), gn2=gn2, it=it,
+            status=_status(cfg, it, loss, gn2, prop.stalled),
+            num_hvps=s.num_hvps + prop.num_hvps, num_grads=s.num_grads + prop.num_grads,
+            loss_history=s.loss_history.at[it].set(loss),
+            grad_norm_sq_history=s.grad_norm_sq_history.at[it].set(gn2), inner=prop.inner,
+        )  # fmt: skip
 
     def flat_test(theta, g, key):
         fro, fro_cost = _frobenius_norm(hvp, theta, key, opts)
@@ -699,10 +767,10 @@ def _find_batched(loss_fn: LossFn, cfg: _Config, params_R: Params, key: jax.Arra
     state = jax.vmap(init)(theta_R)
 
     def cond(s):
-        return jnp.any(s["status"] == _RUNNING)
+        return jnp.any(s.status == _RUNNING)
 
     def body(s):
-        active = s["status"] == _RUNNING
+        active = s.status == _RUNNING
         # Finished starts are stepped too (vmap computes every lane) but their inner loops
         # are switched off and their state is kept: per-start convergence masks.
         return _tree_where(active, jax.vmap(step)(s, active), s)
@@ -717,27 +785,27 @@ def _find_batched(loss_fn: LossFn, cfg: _Config, params_R: Params, key: jax.Arra
         s = lax.map(lambda one: jax.tree.map(lambda x: x[0], run(_expand(one))), state)
     keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(theta_R.shape[0]))
     if cfg.batching == "vmap":
-        r, r_h, fro, cost = jax.vmap(flat_test)(s["theta"], s["g"], keys)
+        r, r_h, fro, cost = jax.vmap(flat_test)(s.theta, s.g, keys)
     else:
-        r, r_h, fro, cost = lax.map(lambda a: flat_test(*a), (s["theta"], s["g"], keys))
+        r, r_h, fro, cost = lax.map(lambda a: flat_test(*a), (s.theta, s.g, keys))
     opts = cfg.options
-    converged = s["gn2"] < cfg.grad_tol
+    converged = s.gn2 < cfg.grad_tol
     flat = (r > opts.flat_residual) & (r_h < opts.flat_residual_hessian) & ~converged
     return CriticalPoint(
-        params=jax.vmap(unravel)(s["theta"]),
-        loss=s["loss"],
-        grad_norm_sq=s["gn2"],
+        params=jax.vmap(unravel)(s.theta),
+        loss=s.loss,
+        grad_norm_sq=s.gn2,
         converged=converged,
         gradient_flat=flat,
-        iterations=s["it"],
-        status=s["status"],
+        iterations=s.it,
+        status=s.status,
         flat_residual=r,
         flat_residual_hessian=r_h,
         hessian_fro_norm=fro,
-        num_hvps=s["num_hvps"] + cost,
-        num_grads=s["num_grads"],
-        loss_history=s["loss_history"],
-        grad_norm_sq_history=s["grad_norm_sq_history"],
+        num_hvps=s.num_hvps + cost,
+        num_grads=s.num_grads,
+        loss_history=s.loss_history,
+        grad_norm_sq_history=s.grad_norm_sq_history,
         method=cfg.method,
         grad_tol=cfg.grad_tol,
         max_iters=cfg.max_iters,

@@ -105,6 +105,36 @@ def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
     return jnp.where(ok, num / jnp.where(ok, den, jnp.ones_like(den)), jnp.zeros_like(num))
 
 
+class _QLPState(NamedTuple):
+    """The loop state of :func:`minres_qlp` at iteration k (names as in Choi, Paige & Saunders
+    2011 and ``minresQLP.m``; ``_km1`` = k-1, ``_km2`` = k-2)."""
+
+    k: jax.Array
+    flag: jax.Array
+    v_prev: jax.Array  # Lanczos vectors v_{k-1}, v_k and the coupling beta_k
+    v: jax.Array
+    beta: jax.Array
+    c_km2: jax.Array  # left reflections Q_{k-2}, Q_{k-1}
+    s_km2: jax.Array
+    c_km1: jax.Array
+    s_km1: jax.Array
+    zetabar: jax.Array
+    xi_km1: jax.Array
+    tau_km1: jax.Array
+    tau_k: jax.Array
+    mubis_km2: jax.Array
+    psibar_km2: jax.Array
+    mubar_km1: jax.Array
+    w_km1: jax.Array  # pending directions w_{k-1}, w_k
+    w_k: jax.Array
+    x: jax.Array  # committed part: sum of tau_j w_j for j <= k-2
+    anorm2: jax.Array
+    arnorm0: jax.Array
+    mumin: jax.Array
+    mumax: jax.Array
+    exclude_last: jax.Array
+
+
 def minres_qlp(
     matvec: MatVec,
     b: jax.Array,
@@ -184,7 +214,7 @@ def minres_qlp(
     zero = jnp.zeros((), dtype)
     beta1 = jnp.linalg.norm(b)
     zeros_n = jnp.zeros_like(b)
-    state = dict(
+    state = _QLPState(
         k=jnp.zeros((), jnp.int32),
         flag=jnp.where(beta1 == 0, 0, FLAG_RUNNING).astype(jnp.int32),
         v_prev=zeros_n,
@@ -214,82 +244,82 @@ def minres_qlp(
     )
 
     def cond(s):
-        return s["flag"] == FLAG_RUNNING
+        return s.flag == FLAG_RUNNING
 
     def body(s):
-        k = s["k"] + 1
+        k = s.k + 1
         first, second = k == 1, k == 2
         # Lanczos: beta_{k+1} v_{k+1} = A v_k - alpha_k v_k - beta_k v_{k-1}.
-        p = op(s["v"]) - s["beta"] * s["v_prev"]
-        alpha = jnp.vdot(s["v"], p)
-        p = p - alpha * s["v"]
+        p = op(s.v) - s.beta * s.v_prev
+        alpha = jnp.vdot(s.v, p)
+        p = p - alpha * s.v
         beta_next = jnp.linalg.norm(p)
         # Breakdown threshold eps^(3/4) |A|, as Choi & Saunders' btol.
-        breakdown = beta_next <= eps**0.75 * jnp.maximum(jnp.sqrt(s["anorm2"] + alpha**2), tiny)
+        breakdown = beta_next <= eps**0.75 * jnp.maximum(jnp.sqrt(s.anorm2 + alpha**2), tiny)
         v_next = jnp.where(breakdown, zeros_n, _safe_div(p, beta_next))
         beta_next = jnp.where(breakdown, zero, beta_next)
         anorm2 = (
-            s["anorm2"] + alpha * alpha + beta_next * beta_next
-            + jnp.where(first, zero, s["beta"] * s["beta"])
+            s.anorm2 + alpha * alpha + beta_next * beta_next
+            + jnp.where(first, zero, s.beta * s.beta)
         )  # fmt: skip
 
         # Previous left reflections on the new column of T: eps_{k-2}, gammabar_{k-1}, ...
-        eps_km2 = s["s_km2"] * s["beta"]
-        gammabar_km1 = -s["c_km2"] * s["beta"]
-        gamma_km1 = s["c_km1"] * gammabar_km1 + s["s_km1"] * alpha
-        lambdabar = s["s_km1"] * gammabar_km1 - s["c_km1"] * alpha
+        eps_km2 = s.s_km2 * s.beta
+        gammabar_km1 = -s.c_km2 * s.beta
+        gamma_km1 = s.c_km1 * gammabar_km1 + s.s_km1 * alpha
+        lambdabar = s.s_km1 * gammabar_km1 - s.c_km1 * alpha
         # Current left reflection Q_k annihilates beta_{k+1}.
         c_k, s_k, lam = sym_givens(lambdabar, beta_next)
-        zeta = c_k * s["zetabar"]
-        zetabar_next = s_k * s["zetabar"]
+        zeta = c_k * s.zetabar
+        zetabar_next = s_k * s.zetabar
 
         # Right reflections: the LQ factorisation R_k = L_k P_k (k = 2 and k >= 3 differ).
-        cp2, sp2, mubis2 = sym_givens(s["mubar_km1"], gamma_km1)
-        cp3, sp3, mu_km2 = sym_givens(s["mubis_km2"], eps_km2)
-        psi_km2 = cp3 * s["psibar_km2"] + sp3 * gamma_km1
-        theta = sp3 * s["psibar_km2"] - cp3 * gamma_km1
+        cp2, sp2, mubis2 = sym_givens(s.mubar_km1, gamma_km1)
+        cp3, sp3, mu_km2 = sym_givens(s.mubis_km2, eps_km2)
+        psi_km2 = cp3 * s.psibar_km2 + sp3 * gamma_km1
+        theta = sp3 * s.psibar_km2 - cp3 * gamma_km1
         rho_km2 = sp3 * lam
         eta = -cp3 * lam
-        cd3, sd3, mubis3 = sym_givens(s["mubar_km1"], theta)
+        cd3, sd3, mubis3 = sym_givens(s.mubar_km1, theta)
         mubis_km1 = jnp.where(second, mubis2, mubis3)
         psibar_km1 = jnp.where(second, sp2 * lam, sd3 * eta)
         mubar = jnp.where(first, lam, jnp.where(second, -cp2 * lam, -cd3 * eta))
 
         # Forward substitution L_k t_k = z_k for the last three entries of t_k.
-        tau_km2 = _safe_div(s["tau_km1"] * s["mubis_km2"], mu_km2)  # k >= 3
-        tau_km1_3 = _safe_div(s["xi_km1"] - psi_km2 * tau_km2, mubis_km1)
+        tau_km2 = _safe_div(s.tau_km1 * s.mubis_km2, mu_km2)  # k >= 3
+        tau_km1_3 = _safe_div(s.xi_km1 - psi_km2 * tau_km2, mubis_km1)
         xi_3 = zeta - rho_km2 * tau_km2
-        tau_km1_2 = _safe_div(s["tau_k"] * s["mubar_km1"], mubis_km1)
+        tau_km1_2 = _safe_div(s.tau_k * s.mubar_km1, mubis_km1)
         tau_km1 = jnp.where(second, tau_km1_2, tau_km1_3)
         xi = jnp.where(first | second, zeta, xi_3)
         singular = mubar == 0
         tau_k = _safe_div(xi - jnp.where(first, zero, psibar_km1 * tau_km1), mubar)
 
         # Directions W_k = V_k P_k^T: w_{k-2} is final and enters x; w_{k-1}, w_k are pending.
-        v = s["v"]
-        x = jnp.where(k >= 3, s["x"] + tau_km2 * (cp3 * s["w_km1"] + sp3 * v), s["x"])
-        w_aux = sp3 * s["w_km1"] - cp3 * v
-        w_km1_3 = cd3 * s["w_k"] + sd3 * w_aux
-        w_k_3 = sd3 * s["w_k"] - cd3 * w_aux
-        w_km1_2 = cp2 * s["w_k"] + sp2 * v
-        w_k_2 = sp2 * s["w_k"] - cp2 * v
-        w_km1 = jnp.where(first, s["w_km1"], jnp.where(second, w_km1_2, w_km1_3))
+        v = s.v
+        x = jnp.where(k >= 3, s.x + tau_km2 * (cp3 * s.w_km1 + sp3 * v), s.x)
+        w_aux = sp3 * s.w_km1 - cp3 * v
+        w_km1_3 = cd3 * s.w_k + sd3 * w_aux
+        w_k_3 = sd3 * s.w_k - cd3 * w_aux
+        w_km1_2 = cp2 * s.w_k + sp2 * v
+        w_k_2 = sp2 * s.w_k - cp2 * v
+        w_km1 = jnp.where(first, s.w_km1, jnp.where(second, w_km1_2, w_km1_3))
         w_k = jnp.where(first, v, jnp.where(second, w_k_2, w_k_3))
 
         # Norm and condition estimates.
         anorm = jnp.sqrt(anorm2)
         rnorm = jnp.abs(zetabar_next)  # |r_k|
-        rnorm_prev = jnp.abs(s["zetabar"])  # |r_{k-1}|
+        rnorm_prev = jnp.abs(s.zetabar)  # |r_{k-1}|
         # |A r_{k-1}| / |r_{k-1}| = sqrt(lambdabar_k^2 + (c_{k-1} beta_{k+1})^2).
-        root = jnp.sqrt(lambdabar * lambdabar + (s["c_km1"] * beta_next) ** 2)
+        root = jnp.sqrt(lambdabar * lambdabar + (s.c_km1 * beta_next) ** 2)
         abs_mubar = jnp.abs(mubar)
         mus = jnp.stack([
             abs_mubar,
             jnp.where(first, abs_mubar, mubis_km1),
             jnp.where(k >= 3, mu_km2, abs_mubar),
         ])  # fmt: skip
-        mumax = jnp.where(first, abs_mubar, jnp.maximum(s["mumax"], jnp.max(mus)))
-        mumin = jnp.where(first, abs_mubar, jnp.minimum(s["mumin"], jnp.min(mus)))
+        mumax = jnp.where(first, abs_mubar, jnp.maximum(s.mumax, jnp.max(mus)))
+        mumin = jnp.where(first, abs_mubar, jnp.minimum(s.mumin, jnp.min(mus)))
         acond = _safe_div(mumax, mumin)
         acond = jnp.where(mumin == 0, jnp.inf, acond)
 
@@ -298,7 +328,7 @@ def minres_qlp(
         relres = rnorm / (anorm * xnorm + beta1)
         relares_prev = _safe_div(root, anorm)
         arnorm_prev = rnorm_prev * root
-        arnorm0 = jnp.where(first, arnorm_prev, s["arnorm0"])  # |A r_0| = |A b|
+        arnorm0 = jnp.where(first, arnorm_prev, s.arnorm0)  # |A r_0| = |A b|
 
         # Stopping tests; later assignments take precedence (as in minresQLP.m).
         flag = jnp.full((), FLAG_RUNNING, jnp.int32)
@@ -321,14 +351,14 @@ def minres_qlp(
         # when the projected system is (numerically) singular (u = 0 in minresQLP.m).
         exclude_last = (flag == 6) | (flag == 7) | (flag == 9) | singular
 
-        return dict(
+        return _QLPState(
             k=k,
             flag=flag.astype(jnp.int32),
             v_prev=v,
             v=v_next,
             beta=beta_next,
-            c_km2=s["c_km1"],
-            s_km2=s["s_km1"],
+            c_km2=s.c_km1,
+            s_km2=s.s_km1,
             c_km1=c_k,
             s_km1=s_k,
             zetabar=zetabar_next,
@@ -349,31 +379,33 @@ def minres_qlp(
         )
 
     # maxiter = 0 (a switched-off solve) returns x = 0 without a single matvec.
-    state["flag"] = jnp.where(
-        (state["flag"] == FLAG_RUNNING) & (jnp.asarray(maxiter) <= 0), 8, state["flag"]
-    ).astype(jnp.int32)
+    state = state._replace(
+        flag=jnp.where(
+            (state.flag == FLAG_RUNNING) & (jnp.asarray(maxiter) <= 0), 8, state.flag
+        ).astype(jnp.int32)
+    )
     s = lax.while_loop(cond, body, state)
 
-    x = s["x"] + s["tau_km1"] * s["w_km1"]
-    d = s["tau_k"] * s["w_k"]
+    x = s.x + s.tau_km1 * s.w_km1
+    d = s.tau_k * s.w_k
     # On the trust boundary: the t in [0, 1] with |x + t d| = radius (a quadratic in t).
     dd, xd, xx = jnp.vdot(d, d), jnp.vdot(x, d), jnp.vdot(x, x)
     disc = jnp.maximum(xd * xd + dd * (radius * radius - xx), 0.0)
     t = jnp.clip(_safe_div(-xd + jnp.sqrt(disc), dd), 0.0, 1.0)
     on_boundary = x + t * d
     on_boundary = on_boundary * jnp.minimum(1.0, _safe_div(radius, jnp.linalg.norm(on_boundary)))
-    x = jnp.where(s["exclude_last"], x, x + d)
-    x = jnp.where(s["flag"] == 11, on_boundary, x)
+    x = jnp.where(s.exclude_last, x, x + d)
+    x = jnp.where(s.flag == 11, on_boundary, x)
     r = b - op(x)
     ar = op(r)
     rnorm = jnp.linalg.norm(r)
     arnorm = jnp.linalg.norm(ar)
-    anorm = jnp.sqrt(s["anorm2"])
+    anorm = jnp.sqrt(s.anorm2)
     xnorm = jnp.linalg.norm(x)
-    acond = jnp.where(s["mumin"] == 0, jnp.inf, _safe_div(s["mumax"], s["mumin"]))
+    acond = jnp.where(s.mumin == 0, jnp.inf, _safe_div(s.mumax, s.mumin))
     info = MinresQLPInfo(
-        flag=s["flag"],
-        iterations=s["k"],
+        flag=s.flag,
+        iterations=s.k,
         rnorm=rnorm,
         arnorm=arnorm,
         anorm=anorm,
