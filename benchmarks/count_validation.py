@@ -57,6 +57,7 @@ ABSOLUTE_TOLS = (1e-5, 1e-3)
 RELATIVE_TOLS = (1e-3, 1e-2)
 FAILURE_PROB = 1e-3
 SEED = 0
+MNIST1D_INPUTS, MNIST1D_CLASSES = 40, 10
 DENSE_CHECK_MAX_N = 64  # the analytic truth is checked against the dense count up to here
 
 
@@ -65,6 +66,7 @@ class Plan:
     """What one run of the benchmark measures."""
 
     autoencoder_ns: tuple[int, ...] = (16, 32, 64, 128, 192)
+    autoencoder_points: tuple[str, ...] = ("few", "dozens", "half")
     newton_mr_ns: tuple[int, ...] = (16, 32, 64, 128)
     newton_mr_starts: int = 1
     newton_mr_iters: int = 100
@@ -169,11 +171,13 @@ def _spectrum_truth(negatives: np.ndarray) -> tuple[Callable, Callable]:
     return truth, margin
 
 
-def analytic_points(n: int) -> Iterator[Point]:
-    """The autoencoder's analytic critical points at n (p = n / 4)."""
+def analytic_points(n: int, names: Sequence[str] = ("few", "dozens", "half")) -> Iterator[Point]:
+    """The autoencoder's analytic critical points ``names`` at n (p = n / 4)."""
     p = n // 4
     loss = autoencoder_loss(n)
     for name, subset in autoencoder_subsets(n, p).items():
+        if name not in names:
+            continue
         negatives = autoencoder_negative_spectrum(n, p, subset)
         truth, margin = _spectrum_truth(negatives)
         info = dict(
@@ -393,29 +397,35 @@ def measure_point(
             )
 
 
-def points(plan: Plan, key: jax.Array) -> Iterator[tuple[Point, bool]]:
-    """Every point of the plan, with whether to check it against the dense count too; the
-    cheap sizes of every case first, so that a run cut short by its time budget still covers
-    every case."""
-    small = [n for n in plan.autoencoder_ns if n <= DENSE_CHECK_MAX_N]
-    for n in small:
-        for point in analytic_points(n):
-            yield point, True
-    for n in [n for n in plan.newton_mr_ns if n <= DENSE_CHECK_MAX_N]:
-        yield from (
-            (pt, False)
-            for pt in newton_mr_points(n, plan.newton_mr_starts, plan.newton_mr_iters, key)
+def point_id(case: str, name: str, num_params: int) -> str:
+    """The key a point's records share (what a resumed run skips)."""
+    return f"{case}/{name}/P{num_params}"
+
+
+def point_groups(plan: Plan, key: jax.Array) -> list[tuple[list[str], int, Callable, bool]]:
+    """The points of the plan as (ids, P, build, dense_check) groups, cheapest P first so
+    that a run cut short by its time budget covers the small sizes of every case; ``build()``
+    returns the group's points (Newton-MR and Adam run only then)."""
+    groups = []
+    for n in plan.autoencoder_ns:
+        P = 2 * n * (n // 4)
+        ids = [point_id("autoencoder", name, P) for name in plan.autoencoder_points]
+        build = functools.partial(analytic_points, n, plan.autoencoder_points)
+        groups.append((ids, P, build, n <= DENSE_CHECK_MAX_N))
+    for n in plan.newton_mr_ns:
+        P = 2 * n * (n // 4)
+        ids = [
+            point_id("autoencoder_newton_mr", f"start{r}", P) for r in range(plan.newton_mr_starts)
+        ]
+        build = functools.partial(
+            newton_mr_points, n, plan.newton_mr_starts, plan.newton_mr_iters, key
         )
+        groups.append((ids, P, build, False))
     for width in plan.mlp_widths:
-        yield mlp_point(width, key), False
-    for n in [n for n in plan.newton_mr_ns if n > DENSE_CHECK_MAX_N]:
-        yield from (
-            (pt, False)
-            for pt in newton_mr_points(n, plan.newton_mr_starts, plan.newton_mr_iters, key)
-        )
-    for n in [n for n in plan.autoencoder_ns if n > DENSE_CHECK_MAX_N]:
-        for point in analytic_points(n):
-            yield point, False
+        P = MNIST1D_INPUTS * width + width + width * MNIST1D_CLASSES + MNIST1D_CLASSES
+        ids = [point_id("mlp", f"w{width}", P)]
+        groups.append((ids, P, lambda width=width: [mlp_point(width, key)], False))
+    return sorted(groups, key=lambda group: group[1])
 
 
 def run_validation(
@@ -424,30 +434,34 @@ def run_validation(
     *,
     log: Callable[[str], None] = print,
     time_budget: float = math.inf,
+    done: frozenset[str] = frozenset(),
 ) -> list[dict[str, Any]]:
-    """Measures every point of ``plan``; returns the records, and appends each as a JSON line
-    to ``out`` as soon as it is measured (so that a long run can be watched). No new point
-    is started after ``time_budget`` seconds. Needs ``jax_enable_x64`` on."""
+    """Measures every point of ``plan`` whose id is not in ``done``; returns the records, and
+    appends a point's records as JSON lines to ``out`` once it is measured (a file holds only
+    whole points, so a rerun can skip them). No new point is started after ``time_budget``
+    seconds. Needs ``jax_enable_x64`` on."""
     if not jax.config.jax_enable_x64:
         raise ValueError("the count validation needs float64: switch jax_enable_x64 on")
     key = jax.random.key(SEED)
     records = []
     start = time.perf_counter()
-    for point, check in points(plan, key):
+    for ids, P, build, dense_check in point_groups(plan, key):
+        if set(ids) <= done:
+            continue
         if time.perf_counter() - start > time_budget:
-            log(
-                f"time budget of {time_budget:.0f} s spent: stopping before {point.case} "
-                f"{point.name} P = {point.info['num_params']} and the points after it"
-            )
+            log(f"time budget of {time_budget:.0f} s spent: stopping before {ids[0]} and later")
             break
-        t0 = time.perf_counter()
-        log(f"{point.case} {point.name} P = {point.info['num_params']} ...")
-        for rec in measure_point(point, plan, key, dense_check=check):
-            records.append(rec)
+        for point in build():
+            if point_id(point.case, point.name, P) in done:
+                continue
+            t0 = time.perf_counter()
+            log(f"{point.case} {point.name} P = {P} ...")
+            recs = list(measure_point(point, plan, key, dense_check=dense_check))
+            records += recs
             if out is not None:
                 with open(out, "a") as f:
-                    f.write(json.dumps(rec, allow_nan=False) + "\n")
-        log(f"  done in {time.perf_counter() - t0:.1f} s")
+                    f.writelines(json.dumps(rec, allow_nan=False) + "\n" for rec in recs)
+            log(f"  done in {time.perf_counter() - t0:.1f} s")
     return records
 
 
@@ -651,9 +665,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"# benchmarks/count_validation.py {now:%Y-%m-%d %H:%M} UTC; {machine()}")
         print(f"# {plan}", flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.unlink(missing_ok=True)
+        done = frozenset()
+        if args.resume and args.out.exists():
+            done = frozenset(
+                point_id(r["case"], r["point"], r["num_params"]) for r in load_records(args.out)
+            )
+        else:
+            args.out.unlink(missing_ok=True)
         run_validation(
-            plan, args.out, log=lambda s: print(s, flush=True), time_budget=args.time_budget
+            plan,
+            args.out,
+            log=lambda s: print(s, flush=True),
+            time_budget=args.time_budget,
+            done=done,
         )
     records = load_records(args.out)
     print(markdown_table(records))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from saddlestudy import analysis
+from saddlestudy import analysis, census
 
 ZERO_TOL = analysis.DEFAULT_ZERO_TOL
 
@@ -127,6 +127,35 @@ def optimizers(df: pd.DataFrame) -> str:
     return _table(summary) + "\n"
 
 
+def census_tables(df: pd.DataFrame) -> str:
+    """The census: per depth and P, end points below each cutoff (k, index, non-flat index,
+    fraction of saddles, loss, |grad L|^2); growth-law fits; the index at matched loss."""
+    out = []
+    cols = ["depth", "num_params", "num_ends", "num_kept", "num_inexact", "k", "k_lo", "k_hi",
+            "index", "index_nonflat", "fraction_saddle", "fraction_saddle_lo",
+            "fraction_saddle_hi", "loss", "grad_norm_sq", "p_over_nc"]  # fmt: skip
+    for cutoff in (1e-6, 1e-10):
+        for tol, relative in ((ZERO_TOL, False), (1e-3, True)):
+            tau = f"{tol:g} lambda_max" if relative else f"{tol:g}"
+            table = census.census_summary(df, cutoff=cutoff, zero_tol=tol, relative=relative)
+            out.append(f"End points with |grad L|^2 < {cutoff:g}, tau = {tau}:\n")
+            out.append(_table(table[cols]) + "\n" if not table.empty else "(none)\n")
+            fit = census.fit_growth(df, cutoff=cutoff, zero_tol=tol, relative=relative)
+            out.append(f"Growth law k ~ P^b (|grad L|^2 < {cutoff:g}, tau = {tau}):\n")
+            out.append(_table(fit) + "\n")
+    matched = census.matched_loss_summary(df, zero_tol=ZERO_TOL)
+    out.append("Index at matched loss (Newton-MR from the first step below each level):\n")
+    out.append(_table(matched) + "\n")
+    for cutoff in (1e-10, 1e-6):
+        slope = census.fit_index_slope(df, cutoff=cutoff, zero_tol=ZERO_TOL)
+        out.append(f"Slope of the index in log10 P at matched loss (|grad L|^2 < {cutoff:g}):\n")
+        out.append(_table(slope) + "\n")
+    return "\n".join(out)
+
+
+# Studies a full run of scripts/reproduce_paper.sh makes but --quick does not (left out, said).
+OPTIONAL = {"census": census_tables}
+
 STUDIES = {
     "linear_autoencoder": linear_autoencoder,
     "index_vs_loss": index_vs_loss,
@@ -145,6 +174,13 @@ def main(argv=None) -> int:
         if not (root / name).is_dir():
             print(f"error: no study {name} in {root}/", file=sys.stderr)
             return 2
+        df = analysis.load(root / name)
+        print(_header(name, df))
+        print(summarize(df))
+    for name, summarize in OPTIONAL.items():
+        if not (root / name).is_dir():
+            print(f"### {name}\n\nnot in {root}/ (made by a full run of reproduce_paper.sh)\n")
+            continue
         df = analysis.load(root / name)
         print(_header(name, df))
         print(summarize(df))
