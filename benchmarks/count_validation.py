@@ -605,6 +605,7 @@ def validation_figure(records: Sequence[dict[str, Any]]):
                 ax.plot([r["num_matvecs"] for r in failed], [0] * len(failed), "x", color="k", ms=9)
             ax.set_xscale("log")
             ax.set_yscale("symlog", linthresh=1)
+            ax.set_ylim(bottom=-0.3)  # errors are >= 0; show the zeros (exact counts)
             tols = ABSOLUTE_TOLS if kind == "absolute" else RELATIVE_TOLS
             what = "tau" if kind == "absolute" else "tau / lambda_max"
             ax.set_title(
@@ -640,6 +641,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--plot-only", action="store_true", help="draw the figure from --out")
     parser.add_argument("--max-n", type=int, default=None, help="largest autoencoder n")
     parser.add_argument("--no-mlp", action="store_true")
+    parser.add_argument("--resume", action="store_true", help="keep --out and skip its points")
     parser.add_argument(
         "--time-budget",
         type=float,

@@ -206,25 +206,59 @@ def _run_cell(cfg: dict, cell: dict) -> tuple[pa.Table, dict[str, np.ndarray]]:
     ).reshape(-1)
 
     t0 = time.perf_counter()
-    if cell["finder_method"] == "none":
-        found = _starts_as_found(loss_fn, starts, cfg["finder"]["grad_tol"])
-    else:
-        found = critical.find_critical_points(
-            loss_fn,
-            starts,
-            method=cell["finder_method"],
-            grad_tol=cfg["finder"]["grad_tol"],
-            max_iters=cfg["finder"]["max_iters"],
-            batching=finder_batching(cfg["finder"]["batching"]),
-        )
+    fcfg = cfg["finder"]
+    method, grad_tol = cell["finder_method"], fcfg["grad_tol"]
+    stages = dtype
+    if dtype == "float32" and method != "none":
+        # Float32 first, to the gradient norm float32 resolves (FLOAT32_MIN_GRAD_TOL).
+        grad_tol = max(grad_tol, critical.FLOAT32_MIN_GRAD_TOL)
+    found = _find(loss_fn, starts, method, grad_tol, fcfg, dtype)
+    classified_in = dtype
+    if dtype == "float32" and float64_available():
+        # Then float64 where the device has it: the finder polishes the float32 points to the
+        # study's grad_tol, and the counts are taken in float64.
+        with study_precision("float64"):
+            loss_fn = _loss_fn("float64", entry_json, arch, cell["loss"], float(cell["l2"]))
+            upcast = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), found.params)
+            found = _find(loss_fn, upcast, method, fcfg["grad_tol"], fcfg, "float64")
+            jax.block_until_ready(found)
+            timings["finder_seconds"] = time.perf_counter() - t0
+            stages, classified_in = "float32+float64", "float64"
+            precision = {"finder_stages": stages, "classified_in": classified_in}
+            return _measure(cfg, cell, arch, loss_fn, result, found, kinds, reached, timings,
+                            precision)  # fmt: skip
     jax.block_until_ready(found)
     timings["finder_seconds"] = time.perf_counter() - t0
+    # A float32 finder without a float64 polish: converged means |grad L|^2 < grad_tol here.
+    precision = {"finder_stages": stages, "classified_in": classified_in, "grad_tol": grad_tol}
+    return _measure(cfg, cell, arch, loss_fn, result, found, kinds, reached, timings,
+                    precision)  # fmt: skip
 
+
+def float64_available() -> bool:
+    """Whether the default device computes in float64 (TPUs do not)."""
+    return jax.devices()[0].platform != "tpu"
+
+
+def _find(loss_fn, starts, method: str, grad_tol: float, fcfg: dict, dtype: str):
+    """The finder ``method`` from every start, in ``dtype`` (``"none"``: the starts as found)."""
+    if method == "none":
+        return _starts_as_found(loss_fn, starts, grad_tol)
+    return critical.find_critical_points(
+        loss_fn, starts, method=method, grad_tol=grad_tol, max_iters=fcfg["max_iters"],
+        batching=finder_batching(fcfg["batching"]), dtype=dtype,
+    )  # fmt: skip
+
+
+def _measure(cfg, cell, arch, loss_fn, result, found, kinds, reached, timings, precision):
+    """The counts at every reached point, then the cell's rows. Float32 counts run at the
+    ``highest`` matmul precision (not TF32 on a GPU, not bf16 passes on a TPU)."""
     t0 = time.perf_counter()
     keep = np.flatnonzero(reached)
-    counts = _point_inertias(cfg, cell, loss_fn, found.params, keep)
+    with jax.default_matmul_precision("highest"):
+        counts = _point_inertias(cfg, cell, loss_fn, found.params, keep)
     timings["spectrum_seconds"] = time.perf_counter() - t0
-    return _rows(cfg, cell, arch, result, found, counts, kinds, keep, timings)
+    return _rows(cfg, cell, arch, result, found, counts, kinds, keep, timings, precision)
 
 
 def primary_zero_tol(zero_tols: Sequence[float]) -> float:
@@ -364,7 +398,7 @@ def _starts_as_found(loss_fn, starts, grad_tol: float) -> critical.CriticalPoint
     )
 
 
-def _rows(cfg, cell, arch, result, found, counts, kinds, keep, timings):
+def _rows(cfg, cell, arch, result, found, counts, kinds, keep, timings, precision):
     n_starts = len(kinds)
     t = cell["train"]
     start_step = t["snapshot_steps"] + [None] * len(t["snapshot_losses"]) + [None]
@@ -425,6 +459,9 @@ def _rows(cfg, cell, arch, result, found, counts, kinds, keep, timings):
             "train_loss": float(host["train_loss"][r]),
             "finder_method": cell["finder_method"],
             "grad_tol": cfg["finder"]["grad_tol"],
+            # The finder's precisions ("float64"; "float32+float64": float32, then polished in
+            # float64) and the precision of the point and counts that classify the row.
+            **precision,
             "converged": bool(host["converged"][i]),
             "gradient_flat": bool(host["gradient_flat"][i]),
             "grad_norm_sq": float(host["grad_norm_sq"][i]),
@@ -579,6 +616,11 @@ def run_study(
 def _run_study(
     cfg, out, *, fresh, quiet, backend, ray_address, ray_gpus_per_task, cell_done
 ) -> Path:
+    if cfg["study"]["dtype"] == "float64" and not float64_available():
+        raise study_config.ConfigError(
+            f"study.dtype: float64 is not available on {jax.devices()[0].platform}; set "
+            'study.dtype = "float32" (the finder and the counts then run in float32)'
+        )
     cells = study_config.expand(cfg)
     cfg_hash = study_config.config_hash(cfg)
     st = store.Store(out, cfg["study"]["name"])

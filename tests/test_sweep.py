@@ -518,3 +518,40 @@ def test_model_tables_give_each_cell_its_own_replicas_and_starts(tmp_path, resto
     before = {p: p.stat().st_mtime_ns for p in (out / "mt").rglob("*.parquet")}
     assert sweep.main([str(path), "--out", str(out), "--quiet"]) == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "mt").rglob("*.parquet")} == before
+
+
+def test_float32_study_polishes_in_float64_and_records_it(tmp_path, restore_x64, monkeypatch):
+    # study.dtype = "float32" with Newton-MR: trained and found in float32, polished and
+    # counted in float64 on a device that has it; without float64 (a TPU) the rows say the
+    # classification is float32 at the float32 tolerance, and a float64 study is refused.
+    import jax
+
+    jax.config.update("jax_enable_x64", False)
+    path = tmp_path / "f32.toml"
+    path.write_text(
+        tiny_study_toml("f32", "[3]", seed=3).replace("seed = 3", 'seed = 3\ndtype = "float32"')
+    )
+    out = tmp_path / "out"
+    assert sweep.main([str(path), "--out", str(out), "--quiet"]) == 0
+    assert jax.config.jax_enable_x64 is False  # the caller's setting, restored
+    rows = store.load_results(out / "f32").to_pylist()
+    assert {r["dtype"] for r in rows} == {"float32"}
+    assert {r["finder_stages"] for r in rows} == {"float32+float64"}
+    assert {r["classified_in"] for r in rows} == {"float64"} and {r["grad_tol"] for r in rows} == {
+        1e-10
+    }
+    eig = store.load_spectrum(out, "f32", rows[0]["row_id"])["eigenvalues"]
+    assert eig.dtype == np.float64
+    assert all(r["iterations"] <= 20 for r in rows)  # the float64 stage's own budget
+
+    monkeypatch.setattr(sweep, "float64_available", lambda: False)
+    assert sweep.main([str(path), "--out", str(tmp_path / "tpu"), "--quiet"]) == 0
+    rows = store.load_results(tmp_path / "tpu" / "f32").to_pylist()
+    assert {r["classified_in"] for r in rows} == {"float32"}
+    assert {r["finder_stages"] for r in rows} == {"float32"}
+    assert {r["grad_tol"] for r in rows} == {1e-6}  # float32's resolvable tolerance
+    for r in rows:
+        assert r["converged"] == (r["grad_norm_sq"] < 1e-6)
+    f64 = tmp_path / "f64.toml"
+    f64.write_text(tiny_study_toml("f64", "[3]", seed=3))
+    assert sweep.main([str(f64), "--out", str(tmp_path / "tpu")]) == 2
