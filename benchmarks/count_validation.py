@@ -542,6 +542,43 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def compact_table(records: Sequence[dict[str, Any]]) -> str:
+    """One Markdown row per point, the four thresholds (tau = 1e-5, 1e-3, 1e-3 lambda_max,
+    1e-2 lambda_max) side by side: the truth, the HVPs at which Lanczos first counted exactly
+    ("-": never within its ladder) and SLQ's |error| / bias bound at its largest budget."""
+    rows: dict[tuple, dict[tuple[str, float], dict[str, Any]]] = {}
+    for r in summary_rows(records):
+        rows.setdefault((r["case"], r["point"], r["num_params"]), {})[r["threshold"]] = r
+    labels = [f"{t:g}" for t in ABSOLUTE_TOLS] + [f"{t:g} lmax" for t in RELATIVE_TOLS]
+    lines = [
+        "| case | point | P | truth | Lanczos exact at HVPs | SLQ abs. error / bias bound | "
+        "bounds held |",
+        "|---|---|---:|---|---|---|---|",
+    ]
+    for (case, point, P), by in sorted(rows.items(), key=lambda item: (item[0][2], item[0])):
+        cells = [by.get(label) for label in labels]
+        truth = " / ".join("?" if c is None else str(c["truth"]) for c in cells)
+        lz = " / ".join(
+            "?"
+            if c is None
+            else "-"
+            if c["lanczos_exact_hvps"] is None
+            else str(c["lanczos_exact_hvps"])
+            for c in cells
+        )
+        slq = " / ".join(
+            "?"
+            if c is None or c["slq_error"] is None
+            else f"{c['slq_error']:.0f}±{c['slq_bias_bound']:.0f}"
+            for c in cells
+        )
+        held = all(c is not None and c["bounds_held"] and c["exact_correct"] for c in cells)
+        lines.append(
+            f"| {case} | {point} | {P} | {truth} | {lz} | {slq} | {'yes' if held else '**no**'} |"
+        )
+    return "\n".join(lines)
+
+
 CASE_COLORS = {"autoencoder": "tab:blue", "autoencoder_newton_mr": "tab:green", "mlp": "tab:red"}
 
 
@@ -682,7 +719,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             done=done,
         )
     records = load_records(args.out)
-    print(markdown_table(records))
+    print(markdown_table(records), compact_table(records), sep="\n\n")
     print("figure:", *save_validation_figure(records, args.figure))
     return 0
 

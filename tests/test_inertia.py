@@ -264,6 +264,35 @@ def test_dense_inertia_matches_eigvalsh_on_a_trained_mlp(x64):
     assert reference[-1] - r.lambda_max_residual - 1e-12 <= r.lambda_max <= reference[-1] + 1e-12
 
 
+def test_float32_counts_against_float64_on_the_same_point(x64, capsys):
+    # The same point's Hessian built in float32 (highest matmul precision) and in float64:
+    # by Weyl's theorem each float32 eigenvalue lies within ||H32 - H64||_2 (plus the
+    # eigensolvers' backward errors) of its float64 one, so at each tau the counts may differ
+    # only by the float64 eigenvalues that close to +-tau. The disagreement is reported.
+    loss, params, reference = trained_mlp()
+    p32 = jax.tree.map(lambda x: x.astype(jnp.float32), params)
+    p64 = jax.tree.map(lambda x: x.astype(jnp.float64), p32)  # the float32 point, exactly
+    ds = data.digits(pca_dim=8, num_samples=128, dtype="float32")
+    config = models.MLPConfig(8, 10, depth=1, width=16, activation="tanh")
+    y = jax.nn.one_hot(ds.y, 10, dtype=jnp.float32)
+    loss32 = losses.make_loss_fn(models.make_apply(config), jnp.asarray(ds.x), y, loss="mse")
+    with jax.default_matmul_precision("highest"):
+        h32 = np.asarray(dense_hessian(loss32, p32))
+    h64 = np.asarray(dense_hessian(loss, p64))
+    eig64 = np.linalg.eigvalsh(h64)
+    gap = np.linalg.norm(h32.astype(np.float64) - h64, 2)
+    slack = gap + 2 * h64.shape[0] * np.finfo(np.float32).eps * np.linalg.norm(h64)
+    lines = []
+    for tau in (1e-6, 1e-5, 1e-4, 1e-3):
+        n32 = ss.hessian_inertia(loss32, p32, zero_tol=tau, method="dense").num_negative
+        n64 = int(np.sum(eig64 < -tau))
+        near = int(np.sum(np.abs(eig64 + tau) <= slack))
+        lines.append(f"tau {tau:g}: float32 {n32}, float64 {n64}, within {slack:.1e}: {near}")
+        assert abs(n32 - n64) <= near, lines[-1]
+    with capsys.disabled():
+        print("\nfloat32 vs float64 counts on one point (P = 314):\n  " + "\n  ".join(lines))
+
+
 @pytest.mark.parametrize("method", ["lanczos", "slq"])
 def test_matrix_free_bounds_hold_on_a_trained_mlp(x64, method):
     loss, params, reference = trained_mlp()
