@@ -471,9 +471,12 @@ def run_validation(
 
 
 def load_records(path: Path) -> list[dict[str, Any]]:
-    """The JSON lines at ``path``."""
+    """The JSON lines at ``path``; of lines for the same (point, threshold, method, budget),
+    as a rerun may leave, the last."""
+    fields = ("case", "point", "num_params", "threshold", "tol", "method", "budget")
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        records = [json.loads(line) for line in f if line.strip()]
+    return list({tuple(r[k] for k in fields): r for r in records}.values())
 
 
 def _label(rec: dict[str, Any]) -> str:
