@@ -156,7 +156,8 @@ class _IgnoreBatch:
 
 
 def replica_sharding(num_replicas: int) -> NamedSharding | None:
-    """Sharding of a leading replica axis over every local device, or None on one device."""
+    """Sharding of a leading replica axis over every local device, or None on one device.
+    ``num_replicas`` must be a multiple of the device count (``train_replicas`` pads to one)."""
     devices = jax.local_devices()
     if len(devices) < 2:
         return None
@@ -166,6 +167,15 @@ def replica_sharding(num_replicas: int) -> NamedSharding | None:
             "use a multiple of the device count"
         )
     return NamedSharding(Mesh(np.array(devices), ("replica",)), P("replica"))
+
+
+def _pad_replicas(tree: Any, num_replicas: int, multiple: int) -> Any:
+    """Leaves with a leading axis R padded to a multiple of ``multiple`` by copies of replica
+    0 (trained alongside and dropped after: replicas never interact)."""
+    pad = -num_replicas % multiple
+    if not pad:
+        return tree
+    return jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]), tree)
 
 
 def train_replicas(
@@ -222,12 +232,22 @@ def train_replicas(
         key = jax.random.key(0)
     keys_R = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(num_replicas))
 
-    sharding = replica_sharding(num_replicas)
+    # Any R on any number of devices: padded to a multiple of the device count, the padding
+    # dropped from the result.
+    num_devices = len(jax.local_devices())
+    padded = num_replicas + (-num_replicas % num_devices)
+    params_R, keys_R = _pad_replicas((params_R, keys_R), num_replicas, num_devices)
+    if data_per_replica:
+        data = _pad_replicas(data, num_replicas, num_devices)
+    sharding = replica_sharding(padded)
     if sharding is not None:
         params_R, keys_R = jax.device_put((params_R, keys_R), sharding)
         if data_per_replica:
             data = jax.device_put(data, sharding)
-    return _train(loss_fn, optimizer, config, bool(data_per_replica), params_R, keys_R, data)
+    result = _train(loss_fn, optimizer, config, bool(data_per_replica), params_R, keys_R, data)
+    if padded == num_replicas:
+        return result
+    return jax.tree.map(lambda x: x[:num_replicas], result)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))

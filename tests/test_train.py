@@ -170,26 +170,28 @@ def test_bad_call_arguments():
 
 SHARDED_SCRIPT = textwrap.dedent(
     """
-    import json, jax, jax.numpy as jnp, optax
+    import json, sys, jax, jax.numpy as jnp, optax
     jax.config.update("jax_enable_x64", True)
+    R = int(sys.argv[1])
     from saddlestudy import losses, models, train
     config = models.MLPConfig(3, 1, depth=1, width=4, activation="tanh")
     x = jax.random.normal(jax.random.key(0), (16, 3), jnp.float64)
     loss = losses.make_loss_fn(models.make_apply(config), x, jnp.sin(x[:, :1]))
-    params_R = models.init_replicas(config, jax.random.key(1), 8, jnp.float64)
+    params_R = models.init_replicas(config, jax.random.key(1), R, jnp.float64)
     result = train.train_replicas(loss, params_R, optax.adam(0.05), 100)
     leaf = jax.tree.leaves(result.params)[0]
     print(json.dumps({"devices": jax.device_count(), "loss": [float(v) for v in result.loss],
-                      "shards": len(leaf.sharding.device_set)}))
+                      "shards": len(leaf.sharding.device_set), "rows": leaf.shape[0]}))
     """
 )
 
 
-def run_script(devices):
+def run_script(devices, replicas=8):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     out = subprocess.run(
-        [sys.executable, "-c", SHARDED_SCRIPT], env=env, capture_output=True, text=True, check=True
-    )
+        [sys.executable, "-c", SHARDED_SCRIPT, str(replicas)],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -199,3 +201,10 @@ def test_sharded_over_four_cpu_devices_equals_single_device():
     np.testing.assert_allclose(
         four["loss"], one["loss"], rtol=1e-6
     )  # float32; XLA may fuse differently
+
+
+def test_any_replica_count_on_eight_devices_equals_one_device():
+    # 3 replicas on 8 devices: padded to 8, trained sharded, the padding dropped.
+    one, eight = run_script(1, replicas=3), run_script(8, replicas=3)
+    assert eight["devices"] == 8 and eight["rows"] == 3 and len(eight["loss"]) == 3
+    np.testing.assert_allclose(eight["loss"], one["loss"], rtol=1e-12)
