@@ -47,8 +47,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from saddlestudy import config, critical, data, hessian, losses, memory, models, optim, train
-from saddlestudy import hessian_inertia, sweep
+from saddlestudy import (
+    config,
+    critical,
+    data,
+    hessian,
+    hessian_inertia,
+    losses,
+    memory,
+    models,
+    optim,
+    sweep,
+    train,
+)
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "gpu_smoke.jsonl"
 LATENCY_NOTE = "equal vmap and map seconds mean the finder is latency-bound (launches), not FLOPs"
@@ -102,7 +113,10 @@ def while_loop(quick: bool, deadline: float):
 
     @jax.jit
     def count(limit):
-        return jax.lax.while_loop(lambda c: c[0] < limit, lambda c: (c[0] + 1, c[1] + 1.0), (0, 0.0))
+        def body(c):
+            return c[0] + 1, c[1] + 1.0
+
+        return jax.lax.while_loop(lambda c: c[0] < limit, body, (0, 0.0))
 
     first, _ = timed(lambda: count(n))
     second, (i, x) = timed(lambda: count(n))
@@ -119,9 +133,10 @@ def train_throughput(quick: bool, deadline: float):
         optimizer=optim.make_optimizer("irprop-", learning_rate=0.01),
         config=train.TrainConfig(num_steps=steps, record_every=steps),
     )
-    loop_R = 8 if quick else 256
-    for R in (8, 32) if quick else (8, 256, 2048):
-        params_R = models.init_replicas(arch, jax.random.key(R), R)
+    sizes, loop_R = ((8, 32), 8) if quick else ((8, 256, 2048), 256)
+    inits = models.init_replicas(arch, jax.random.key(0), max(sizes))
+    for R in sizes:
+        params_R = jax.tree.map(lambda a, R=R: a[:R], inits)
         first, _ = timed(lambda p=params_R: run(p))
         second, result = timed(lambda p=params_R: run(p))
         line = {
@@ -135,8 +150,8 @@ def train_throughput(quick: bool, deadline: float):
         }
         if R == loop_R:
             singles = [jax.tree.map(lambda a, r=r: a[r : r + 1], params_R) for r in range(R)]
-            timed(lambda: run(singles[0]))  # compiles the R = 1 program
-            loop_s, _ = timed(lambda: [run(p).loss for p in singles])
+            timed(lambda s=singles: run(s[0]))  # compiles the R = 1 program
+            loop_s, _ = timed(lambda s=singles: [run(p).loss for p in s])
             line.update(loop_seconds=loop_s, engine_over_loop=loop_s / second, goal_gpu=200)
         yield line
 
@@ -154,9 +169,20 @@ def finder(quick: bool, deadline: float):
             optim.make_optimizer("irprop-", learning_rate=0.01),
             100,
         ).params
+        last = {}  # batching -> (R, compile_s, seconds) of its previous size
         for R in sizes:
             starts = jax.tree.map(lambda a, R=R: a[:R], trained)
             for batching in ("vmap", "map"):
+                if batching in last:  # map's time grows ~linearly in R (vmap's less)
+                    R0, compile_s, seconds = last[batching]
+                    projected = compile_s + 2 * seconds * R / R0
+                    if time.perf_counter() + projected > deadline:
+                        yield {
+                            "starts": R,
+                            "batching": batching,
+                            "skipped": f"projected {projected:.0f} s > budget",
+                        }
+                        continue
                 find = functools.partial(
                     critical.find_critical_points,
                     loss_fn,
@@ -166,6 +192,7 @@ def finder(quick: bool, deadline: float):
                 )
                 first, _ = timed(find)
                 second, cp = timed(find)
+                last[batching] = (R, first - second, second)
                 iters = np.asarray(cp.iterations)
                 yield {
                     "starts": R,
@@ -209,7 +236,7 @@ def sweep_study(quick: bool, deadline: float):
     seconds = {}
     previous = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
-    jax.clear_caches()
+    jax.clear_caches()  # cold: nothing compiled earlier in this process is reused
     try:
         for run in ("cold", "warm"):
             cells_done.clear()
@@ -225,16 +252,21 @@ def sweep_study(quick: bool, deadline: float):
                     }
                     return
                 seconds[run] = time.perf_counter() - t0
+            line = {"run": run, "seconds": seconds[run], "cells": len(cells_done)}
+            if run == "cold":
+                line.update(
+                    overrides=overrides,
+                    persistent_cache=f"off (jax_compilation_cache_dir was {cache_dir!r})",
+                )
+            else:
+                line.update(
+                    cold_s=seconds["cold"],
+                    warm_s=seconds["warm"],
+                    compile_share=(seconds["cold"] - seconds["warm"]) / seconds["cold"],
+                )
+            yield line
     finally:
         jax.config.update("jax_enable_compilation_cache", previous)
-    yield {
-        "overrides": overrides,
-        "cells": len(cells_done),
-        "cold_s": seconds["cold"],
-        "warm_s": seconds["warm"],
-        "compile_share": (seconds["cold"] - seconds["warm"]) / seconds["cold"],
-        "persistent_cache": f"off (jax_compilation_cache_dir was {cache_dir!r})",
-    }
 
 
 def dense_inertia(quick: bool, deadline: float):
@@ -245,7 +277,8 @@ def dense_inertia(quick: bool, deadline: float):
         ds = data.load_dataset("mnist1d", num_samples=640, dtype="float64")
         x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
         previous = None  # (P, seconds) of the last size run
-        for i, target in enumerate((500, 1000) if quick else (5000, 10000, 20000, 50000)):
+        smallest = None  # (P, loss_fn, params, inertia) of the first size run
+        for target in (500, 1000) if quick else (5000, 10000, 20000, 50000):
             width = round((target - ds.output_dim) / (ds.input_dim + 1 + ds.output_dim))
             arch = models.MLPConfig(ds.input_dim, ds.output_dim, depth=1, width=width)
             P = arch.num_params
@@ -265,9 +298,10 @@ def dense_inertia(quick: bool, deadline: float):
                 )
             )
             previous = (P, seconds)
+            smallest = smallest or (P, loss_fn, params, inertia)
             stats = device.memory_stats()
             peak = None if stats is None else stats.get("peak_bytes_in_use")
-            line = {
+            yield {
                 "num_params": P,
                 "width": width,
                 "num_samples": ds.num_samples,
@@ -278,20 +312,22 @@ def dense_inertia(quick: bool, deadline: float):
                 "num_positive": inertia.num_positive,
                 "peak_bytes": peak,
                 "peak_over_8P2": None if peak is None else peak / (8 * P**2),
+                "peak_note": f"memory_stats() unavailable on {device.platform}"
+                if peak is None
+                else "process-wide peak since start (sizes run in ascending order)",
             }
-            if peak is None:
-                line["peak_note"] = f"memory_stats() unavailable on {device.platform}"
-            else:
-                line["peak_note"] = "process-wide peak since start (sizes run in ascending order)"
-            if i == 0:
-                ev = np.linalg.eigvalsh(np.asarray(hessian.dense_hessian(loss_fn, params)))
-                line.update(
-                    eigvalsh_negative=int(np.sum(ev < -zero_tol)),
-                    eigvalsh_zero=int(np.sum(np.abs(ev) <= zero_tol)),
-                    eigvalsh_positive=int(np.sum(ev > zero_tol)),
-                    eigvalsh_margin=float(np.min(np.abs(np.abs(ev) - zero_tol))),
-                )
-            yield line
+        if smallest is not None:  # last, so that its (unchunked) build spoils no peak above
+            P, loss_fn, params, inertia = smallest
+            ev = np.linalg.eigvalsh(np.asarray(hessian.dense_hessian(loss_fn, params)))
+            yield {
+                "num_params": P,
+                "check": "numpy.linalg.eigvalsh of hessian.dense_hessian",
+                "num_negative": inertia.num_negative,
+                "eigvalsh_negative": int(np.sum(ev < -zero_tol)),
+                "eigvalsh_zero": int(np.sum(np.abs(ev) <= zero_tol)),
+                "eigvalsh_positive": int(np.sum(ev > zero_tol)),
+                "closest_to_tol": float(np.min(np.abs(np.abs(ev) - zero_tol))),
+            }
 
 
 SECTIONS = {

@@ -662,6 +662,29 @@ def _rows_in(st: store.Store, cell_id: str) -> int:
     return pq.read_metadata(st.part_path(cell_id)).num_rows
 
 
+def ray_runtime_env(gpus_per_task: float) -> dict:
+    """The environment of a Ray task: JAX on the CPU for a task without a GPU (else JAX in it
+    would try CUDA on a GPU node); for a share of a GPU, no preallocation and at most that
+    share of its memory (XLA's allocator limit, which the memory plan then reads)."""
+    if gpus_per_task == 0:
+        return {"env_vars": {"JAX_PLATFORMS": "cpu"}}
+    if gpus_per_task < 1:
+        return {"env_vars": {
+            "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+            "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.9 * gpus_per_task:.2f}",
+        }}  # fmt: skip
+    return {}
+
+
+def _ray_cell(cfg: dict, cell: dict, out: str) -> int:
+    """One cell in a Ray worker: the persistent compilation cache on, and the counting method
+    planned from the worker's own device and memory share (the driver's may differ)."""
+    enable_compilation_cache()
+    P = cell["num_params"]
+    cell = {**cell, "spectrum_method": study_config.spectrum_plan(cfg, P)}
+    return _compute_and_write(cfg, cell, out)
+
+
 def _run_on_ray(cfg, cells, out, progress, address, gpus_per_task):
     try:
         import ray
@@ -669,22 +692,17 @@ def _run_on_ray(cfg, cells, out, progress, address, gpus_per_task):
         raise study_config.ConfigError(
             "backend: ray is not installed; pip install -e '.[ray]'"
         ) from None
-    env: dict = {"env_vars": {}}
-    if 0 < gpus_per_task < 1:
-        # Several tasks share a GPU: no preallocation, each takes only its share of memory.
-        env["env_vars"].update(
-            XLA_PYTHON_CLIENT_PREALLOCATE="false",
-            XLA_PYTHON_CLIENT_MEM_FRACTION=f"{0.9 * gpus_per_task:.2f}",
-        )
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, runtime_env=env, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False)
     try:
         # The function of the module saddlestudy.sweep, never of __main__ (under
         # ``python -m saddlestudy.sweep``): a worker unpickles it by importing its module.
-        from saddlestudy.sweep import _compute_and_write as compute
+        from saddlestudy.sweep import _ray_cell as compute
 
-        task = ray.remote(num_gpus=gpus_per_task)(compute)
+        # Per task, so that it holds on a cluster this process did not start too.
+        env = ray_runtime_env(gpus_per_task)
+        task = ray.remote(num_gpus=gpus_per_task, runtime_env=env)(compute)
         pending = {task.remote(cfg, cell, out): cell for cell in cells}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)

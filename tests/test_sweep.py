@@ -555,3 +555,11 @@ def test_float32_study_polishes_in_float64_and_records_it(tmp_path, restore_x64,
     f64 = tmp_path / "f64.toml"
     f64.write_text(tiny_study_toml("f64", "[3]", seed=3))
     assert sweep.main([str(f64), "--out", str(tmp_path / "tpu")]) == 2
+
+
+def test_ray_tasks_without_a_gpu_run_jax_on_the_cpu_and_shares_cap_memory():
+    assert sweep.ray_runtime_env(0) == {"env_vars": {"JAX_PLATFORMS": "cpu"}}
+    share = sweep.ray_runtime_env(0.25)["env_vars"]
+    assert share["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert float(share["XLA_PYTHON_CLIENT_MEM_FRACTION"]) <= 0.25
+    assert sweep.ray_runtime_env(1) == {}
