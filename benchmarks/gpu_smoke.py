@@ -32,7 +32,6 @@ past the budget is recorded as ``{"section": ..., "skipped": ...}``. Sections, i
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import importlib.metadata
 import json
@@ -69,17 +68,6 @@ def timed(fn) -> tuple[float, object]:
     t0 = time.perf_counter()
     out = jax.block_until_ready(fn())
     return time.perf_counter() - t0, out
-
-
-@contextlib.contextmanager
-def x64_on():
-    """float64 for one section; the previous setting restored."""
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", previous)
 
 
 def digits_problem(num_samples: int, depth: int, width: int, dtype: str, l2: float = 0.0):
@@ -158,7 +146,7 @@ def train_throughput(quick: bool, deadline: float):
 
 def finder(quick: bool, deadline: float):
     max_iters = 20 if quick else 100
-    with x64_on():
+    with sweep.study_precision("float64"):  # x64 restored after
         arch, loss_fn = digits_problem(256, depth=1, width=8, dtype="float64", l2=1e-3)
         sizes = (4, 8) if quick else (8, 128)
         # Starts after 100 iRprop- steps (one training program for all sizes): the starts
@@ -273,7 +261,7 @@ def dense_inertia(quick: bool, deadline: float):
     zero_tol = 1e-5
     half_memory = memory.device_memory_bytes("total") / 2
     device = jax.devices()[0]
-    with x64_on():
+    with sweep.study_precision("float64"):  # x64 restored after
         ds = data.load_dataset("mnist1d", num_samples=640, dtype="float64")
         x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
         previous = None  # (P, seconds) of the last size run
@@ -354,13 +342,11 @@ def main(argv=None) -> None:
     with open(args.out, "a") as out:
 
         def record(section: str, **fields) -> None:
-            line = json.dumps({"section": section, **fields, "elapsed_s": elapsed()}, default=str)
+            elapsed = round(time.perf_counter() - t0, 3)
+            line = json.dumps({"section": section, **fields, "elapsed_s": elapsed}, default=str)
             print(line, flush=True)
             out.write(line + "\n")
             out.flush()
-
-        def elapsed() -> float:
-            return round(time.perf_counter() - t0, 3)
 
         for name in (s for s in SECTIONS if s in args.sections):
             if time.perf_counter() > deadline:
