@@ -121,6 +121,20 @@ def census_summary(
     return table
 
 
+def _interval_within(groups: np.ndarray, statistic, rng) -> tuple[float, float]:
+    """A 95% percentile interval of ``statistic(indices)`` over resamples of the points with
+    replacement within each group (each size keeps its number of points)."""
+    members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    boot = np.array([
+        statistic(np.concatenate([rng.choice(m, size=m.size) for m in members]))
+        for _ in range(_RESAMPLES)
+    ], float)  # fmt: skip
+    boot = boot[np.isfinite(boot)]
+    if not boot.size:
+        return math.nan, math.nan
+    return float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))
+
+
 def _fit_log_log(P: np.ndarray, k: np.ndarray) -> float:
     """Slope of log k on log P over sizes whose median k is > 0 (NaN with fewer than 2)."""
     sizes = np.unique(P)
@@ -162,24 +176,15 @@ def fit_growth(
             Ps, ks = P[sel], k[sel]
             sizes = np.unique(Ps)
             est = _fit_log_log(Ps, ks)
-            boot = []
-            if np.isfinite(est):
-                for _ in range(_RESAMPLES):
-                    idx = np.concatenate(
-                        [rng.choice(np.flatnonzero(Ps == s), size=(Ps == s).sum()) for s in sizes]
-                    )
-                    boot.append(_fit_log_log(Ps[idx], ks[idx]))
-            boot = np.asarray(boot, float)
-            boot = boot[np.isfinite(boot)]
+            lo, hi = (_interval_within(Ps, lambda i, P=Ps, k=ks: _fit_log_log(P[i], k[i]), rng)
+                      if np.isfinite(est) else (math.nan, math.nan))  # fmt: skip
             medians = [np.median(ks[Ps == s]) for s in sizes]
             out.append({
                 "regime": regime, "depth": name, "num_points": int(sel.sum()),
                 "num_sizes": len(sizes), "num_sizes_zero": int(sum(m == 0 for m in medians)),
                 "p_min": float(sizes.min()) if len(sizes) else math.nan,
                 "p_max": float(sizes.max()) if len(sizes) else math.nan,
-                "exponent": est,
-                "exponent_lo": float(np.quantile(boot, 0.025)) if boot.size else math.nan,
-                "exponent_hi": float(np.quantile(boot, 0.975)) if boot.size else math.nan,
+                "exponent": est, "exponent_lo": lo, "exponent_hi": hi,
             })  # fmt: skip
     return pd.DataFrame(out)
 
@@ -246,22 +251,13 @@ def fit_index_slope(
         log_p, index = np.log10(P[ok]), k[ok] / P[ok]
         sizes = np.unique(log_p)
         est = _slope(log_p, index)
-        boot = []
-        if np.isfinite(est):
-            for _ in range(_RESAMPLES):
-                idx = np.concatenate(
-                    [rng.choice(np.flatnonzero(log_p == s), size=(log_p == s).sum()) for s in sizes]
-                )
-                boot.append(_slope(log_p[idx], index[idx]))
-        boot = np.asarray(boot, float)
-        boot = boot[np.isfinite(boot)]
+        lo, hi = (_interval_within(log_p, lambda i, x=log_p, y=index: _slope(x[i], y[i]), rng)
+                  if np.isfinite(est) else (math.nan, math.nan))  # fmt: skip
         out.append({
             "start_loss_level": level, "num_points": int(ok.sum()), "num_sizes": len(sizes),
             "p_min": float(P[ok].min()) if ok.any() else math.nan,
             "p_max": float(P[ok].max()) if ok.any() else math.nan,
             "mean_index": float(index.mean()) if index.size else math.nan,
-            "slope_per_decade": est,
-            "slope_lo": float(np.quantile(boot, 0.025)) if boot.size else math.nan,
-            "slope_hi": float(np.quantile(boot, 0.975)) if boot.size else math.nan,
+            "slope_per_decade": est, "slope_lo": lo, "slope_hi": hi,
         })  # fmt: skip
     return pd.DataFrame(out)
