@@ -1,6 +1,7 @@
 """Validation of the matrix-free counts of negative Hessian eigenvalues (E3), run by hand.
 
     python benchmarks/count_validation.py [--quick] [--out PATH] [--max-n 192] [--no-mlp]
+                                          [--time-budget SECONDS] [--resume]
     python benchmarks/count_validation.py --plot-only [--out PATH]
 
 What is measured: at points whose number of eigenvalues below -tau is known exactly, the
@@ -19,8 +20,9 @@ Cases:
   hidden p = n / 4, P = 2 n p) at analytic critical points with a few, dozens and P / 2
   negatives; the truth is the analytic negative spectrum (:func:`autoencoder_negative_spectrum`),
   checked against the dense count for n <= ``DENSE_CHECK_MAX_N``.
-- ``autoencoder_newton_mr``: Newton-MR points of the same loss from small random weights;
-  truth: the dense count (``method="dense"``, LDL^T).
+- ``autoencoder_newton_mr``: Newton-MR points of the same loss from random weights of scale
+  1 / sqrt(n) (smaller starts all reach the origin); truth: the dense count
+  (``method="dense"``, LDL^T).
 - ``mlp``: MNIST-1D (N = 512), tanh MLPs of depth 1, squared error on one-hot targets, 2,000
   Adam steps then 100 Newton-MR iterations, as the census's cells; truth: the dense count.
 
@@ -594,6 +596,7 @@ def validation_figure(records: Sequence[dict[str, Any]]):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import LogLocator, NullFormatter, StrMethodFormatter
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True, constrained_layout=True)
     markers = {
@@ -644,6 +647,9 @@ def validation_figure(records: Sequence[dict[str, Any]]):
                 failed = [r for r in recs if not (r["lo_held"] and r["hi_held"])]
                 ax.plot([r["num_matvecs"] for r in failed], [0] * len(failed), "x", color="k", ms=9)
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(StrMethodFormatter("{x:.0f}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_yscale("symlog", linthresh=1)
             ax.set_ylim(bottom=-0.3)  # errors are >= 0; show the zeros (exact counts)
             tols = ABSOLUTE_TOLS if kind == "absolute" else RELATIVE_TOLS

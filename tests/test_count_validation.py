@@ -27,13 +27,13 @@ def _load_script():
 
 cv = _load_script()
 
-# The quick plan cut to n = 16 (P = 128), two analytic points and one budget per method.
+# The quick plan cut to n = 16 (P = 128): two analytic points (3 and 64 negatives), one
+# budget per method, no Newton-MR points (their compilation alone would double the time).
 PLAN = dataclasses.replace(
     cv.QUICK,
     autoencoder_ns=(16,),
     autoencoder_points=("few", "half"),
-    newton_mr_ns=(16,),
-    newton_mr_iters=30,
+    newton_mr_ns=(),
     lanczos_budgets=(300,),
     slq_budgets=((8, 32),),
 )
@@ -88,7 +88,7 @@ def test_upper_bound_held_everywhere(records):
 
 
 def test_every_case_method_and_threshold_is_recorded(records):
-    assert {r["case"] for r in records} == {"autoencoder", "autoencoder_newton_mr"}
+    assert {r["case"] for r in records} == {"autoencoder"}
     assert {r["method"] for r in records} == {"lanczos", "slq"}
     assert {(r["threshold"], r["tol"]) for r in records} == set(cv.thresholds())
     slq = [r for r in records if r["method"] == "slq"]
