@@ -429,8 +429,14 @@ def census_figure(
                     k_ax.annotate(kept, (row["num_params"], row["k"]), fontsize=5, color="0.4",
                                   xytext=(2, 2), textcoords="offset points")  # fmt: skip
     for ax in axes.ravel():
-        ax.set_xscale("log")
         ax.set_xlabel("number of parameters P")
+        if not any(
+            np.isfinite(np.asarray(line.get_ydata(), float)).any() for line in ax.get_lines()
+        ):  # nothing below the cutoff: said, no log axis
+            ax.text(0.5, 0.5, f"no end point with ‖∇L‖² < {cutoff:g}", ha="center",
+                    transform=ax.transAxes, fontsize=8)  # fmt: skip
+            continue
+        ax.set_xscale("log")
         _secondary_p_axis(ax, nc)
     k_ax.set_yscale("symlog", linthresh=1)
     k_ax.set_ylim(bottom=0)
@@ -439,9 +445,10 @@ def census_figure(
     nonflat_ax.set_ylabel("index among non-flat directions\nk / #{|λ| > τ}")
     frac_ax.set_ylabel("fraction of end points\nwith an eigenvalue < −τ (saddles)")
     frac_ax.set_ylim(-0.05, 1.05)
-    loss_ax.set_yscale("log")
+    for ax in (loss_ax, grad_ax):  # log scale only over positive data (a loss can be 0)
+        if any((np.asarray(line.get_ydata(), float) > 0).any() for line in ax.get_lines()):
+            ax.set_yscale("log")
     loss_ax.set_ylabel("loss at the end point")
-    grad_ax.set_yscale("log")
     grad_ax.set_ylabel("‖∇L‖² at the end point")
     k_ax.legend(fontsize=7)
     fig.suptitle(

@@ -95,6 +95,10 @@ def test_census_figures_draw_from_synthetic_rows(tmp_path):
     paths = figures.save_figure(figures.census_figure(df), tmp_path / "c", ("png",))
     paths += figures.save_figure(figures.matched_loss_figure(df), tmp_path / "m", ("png",))
     assert all(p.stat().st_size > 10_000 for p in paths)
+    # No end point below the cutoff (a study without a finder): drawn, said, not a crash.
+    none = pd.concat([rows(100, [1], grad=1e-3), rows(1000, [2], grad=1e-3)])
+    none["study"], none["config_hash"] = "s", "h"
+    figures.save_figure(figures.census_figure(none, cutoff=1e-6), tmp_path / "n", ("png",))
 
 
 @pytest.mark.slow  # about 3.5 minutes on 2 idle cores
