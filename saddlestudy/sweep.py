@@ -213,26 +213,22 @@ def _run_cell(cfg: dict, cell: dict) -> tuple[pa.Table, dict[str, np.ndarray]]:
         # Float32 first, to the gradient norm float32 resolves (FLOAT32_MIN_GRAD_TOL).
         grad_tol = max(grad_tol, critical.FLOAT32_MIN_GRAD_TOL)
     found = _find(loss_fn, starts, method, grad_tol, fcfg, dtype)
-    classified_in = dtype
-    if dtype == "float32" and float64_available():
-        # Then float64 where the device has it: the finder polishes the float32 points to the
-        # study's grad_tol, and the counts are taken in float64.
-        with study_precision("float64"):
+    # A float32 study is polished and counted in float64 where the device has it (the finder
+    # to the study's grad_tol); without float64 its rows are classified in float32, where
+    # converged means |grad L|^2 < the float32 tolerance.
+    polish = dtype == "float32" and float64_available()
+    precision = {"finder_stages": stages, "classified_in": dtype, "grad_tol": grad_tol}
+    with study_precision("float64") if polish else contextlib.nullcontext():
+        if polish:
             loss_fn = _loss_fn("float64", entry_json, arch, cell["loss"], float(cell["l2"]))
             upcast = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), found.params)
             found = _find(loss_fn, upcast, method, fcfg["grad_tol"], fcfg, "float64")
-            jax.block_until_ready(found)
-            timings["finder_seconds"] = time.perf_counter() - t0
-            stages, classified_in = "float32+float64", "float64"
-            precision = {"finder_stages": stages, "classified_in": classified_in}
-            return _measure(cfg, cell, arch, loss_fn, result, found, kinds, reached, timings,
-                            precision)  # fmt: skip
-    jax.block_until_ready(found)
-    timings["finder_seconds"] = time.perf_counter() - t0
-    # A float32 finder without a float64 polish: converged means |grad L|^2 < grad_tol here.
-    precision = {"finder_stages": stages, "classified_in": classified_in, "grad_tol": grad_tol}
-    return _measure(cfg, cell, arch, loss_fn, result, found, kinds, reached, timings,
-                    precision)  # fmt: skip
+            precision = {"finder_stages": "float32+float64", "classified_in": "float64",
+                         "grad_tol": fcfg["grad_tol"]}  # fmt: skip
+        jax.block_until_ready(found)
+        timings["finder_seconds"] = time.perf_counter() - t0
+        return _measure(cfg, cell, arch, loss_fn, result, found, kinds, reached, timings,
+                        precision)  # fmt: skip
 
 
 def float64_available() -> bool:
