@@ -4,7 +4,8 @@
 
 runs every section in at most ``--budget-s`` (450) seconds plus the section running when the
 budget runs out (sized for one call of at most 8 minutes on an NVIDIA H200); ``--quick`` runs
-each section reduced, on a CPU in under 2 minutes (``tests/test_gpu_smoke.py`` runs it).
+each section reduced (one size where a section has several, fewer steps), on a CPU in about a
+minute (``tests/test_gpu_smoke.py`` runs it in the default suite).
 Every measurement is printed and appended to ``--out`` as one JSON object with a "section"
 key, flushed at once, so that a timeout keeps what was measured. A section that raises is
 recorded as ``{"section": ..., "error": ...}`` and the next one runs; a section that starts
@@ -121,7 +122,7 @@ def train_throughput(quick: bool, deadline: float):
         optimizer=optim.make_optimizer("irprop-", learning_rate=0.01),
         config=train.TrainConfig(num_steps=steps, record_every=steps),
     )
-    sizes, loop_R = ((8, 32), 8) if quick else ((8, 256, 2048), 256)
+    sizes, loop_R = ((8,), 8) if quick else ((8, 256, 2048), 256)
     inits = models.init_replicas(arch, jax.random.key(0), max(sizes))
     for R in sizes:
         params_R = jax.tree.map(lambda a, R=R: a[:R], inits)
@@ -148,7 +149,7 @@ def finder(quick: bool, deadline: float):
     max_iters = 20 if quick else 100
     with sweep.study_precision("float64"):  # x64 restored after
         arch, loss_fn = digits_problem(256, depth=1, width=8, dtype="float64", l2=1e-3)
-        sizes = (4, 8) if quick else (8, 128)
+        sizes = (4,) if quick else (8, 128)
         # Starts after 100 iRprop- steps (one training program for all sizes): the starts
         # then need different numbers of iterations, where vmap and map differ.
         trained = train.train_replicas(
@@ -266,7 +267,7 @@ def dense_inertia(quick: bool, deadline: float):
         x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
         previous = None  # (P, seconds) of the last size run
         smallest = None  # (P, loss_fn, params, inertia) of the first size run
-        for target in (500, 1000) if quick else (5000, 10000, 20000, 50000):
+        for target in (300, 600) if quick else (5000, 10000, 20000, 50000):
             width = round((target - ds.output_dim) / (ds.input_dim + 1 + ds.output_dim))
             arch = models.MLPConfig(ds.input_dim, ds.output_dim, depth=1, width=width)
             P = arch.num_params

@@ -7,7 +7,7 @@ Public API, by stage of the pipeline (data -> model -> training -> critical poin
 - models: :class:`MLPConfig`, :class:`MLP`, :func:`make_apply`, :func:`init_params`,
   :func:`init_replicas`; losses: :func:`make_loss_fn`.
 - optimizers: :func:`make_optimizer` (optax ``GradientTransformation``; Rprop, Quickprop and
-  optax's own).
+  optax's own); :class:`OptimizerFactory` (the same with traced hyperparameters).
 - training: :class:`TrainConfig`, :func:`train_replicas` -> :class:`TrainResult`.
 - derivatives: :func:`gradient`, :func:`grad_norm_sq`, :func:`hvp`, :func:`dense_hessian`.
 - critical points: :func:`find_critical_point`, :func:`find_critical_points` (with
@@ -43,7 +43,7 @@ from saddlestudy.hessian import dense_hessian, grad_norm_sq, gradient, hvp
 from saddlestudy.inertia import Inertia, hessian_inertia
 from saddlestudy.losses import make_loss_fn
 from saddlestudy.models import MLP, MLPConfig, init_params, init_replicas, make_apply
-from saddlestudy.optim import make_optimizer
+from saddlestudy.optim import OptimizerFactory, make_optimizer
 from saddlestudy.spectrum import (
     Eigenpairs,
     Spectrum,
@@ -82,6 +82,7 @@ __all__ = [
     "Inertia",
     "MLP",
     "MLPConfig",
+    "OptimizerFactory",
     "SaddleEscape",
     "Spectrum",
     "TraceEstimate",

@@ -41,7 +41,9 @@ method = ["newton_mr"]      # a value or a list (grid axis); "none": spectra at 
 grad_tol = 1e-10
 max_iters = 100
 batching = "auto"           # "map": starts one by one (each stops when done), "vmap": in
-                            # lockstep; "auto": map on a CPU, vmap on an accelerator
+                            # lockstep, k (an int): groups of k in lockstep one after another;
+                            # "auto": map on a CPU, vmap on an accelerator. Several devices:
+                            # the starts are split over them, each running its own loops
 
 [spectrum]                  # the Hessian at every point (shared/SCIENCE.md §1, §6)
 full_spectrum_max_params = 2000  # up to this P: all P eigenvalues (eigh), stored; exact counts
@@ -328,8 +330,12 @@ def resolve(raw: dict) -> dict:
         _fail("finder.grad_tol", f"must be a number > 0, got {finder['grad_tol']!r}")
     if not is_int(finder["max_iters"]) or finder["max_iters"] < 1:
         _fail("finder.max_iters", f"must be an int >= 1, got {finder['max_iters']!r}")
-    if finder["batching"] not in FINDER_BATCHING:
-        _fail("finder.batching", f"unknown {finder['batching']!r}; choose from {FINDER_BATCHING}")
+    batching = finder["batching"]
+    if batching not in FINDER_BATCHING and not (is_int(batching) and batching >= 1):
+        _fail(
+            "finder.batching",
+            f"unknown {batching!r}; choose from {FINDER_BATCHING} or a lane count k >= 1",
+        )
 
     spec = cfg["spectrum"]
     if spec["method"] not in SPECTRUM_METHODS:

@@ -71,7 +71,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -81,8 +81,9 @@ import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from saddlestudy import hessian, krylov, linalg, spectrum
-from saddlestudy._checks import check_int, reject_renamed
+from saddlestudy import _devices, hessian, krylov, linalg, spectrum
+from saddlestudy._checks import check_int, is_int, reject_renamed
+from saddlestudy._devices import pad_leading
 from saddlestudy._results import plain, ravel_batched
 
 Params = Any
@@ -100,7 +101,8 @@ DEFAULT_MAX_ITERS = {
 STATUS = ("converged", "max_iters", "stalled", "non_finite")
 # "vmap": all starts step in lockstep (one lane per start, finished lanes masked): the layout
 # for accelerators. "map": the starts run one after another inside the same compiled program:
-# on a CPU no start waits for the slowest one and the working set stays in cache.
+# on a CPU no start waits for the slowest one and the working set stays in cache. An integer
+# k: groups of k starts in lockstep, one group after another (hybrid; k = 1 is "map").
 BATCHING = ("vmap", "map")
 _RUNNING = -1
 # Pennington & Bahri's float32 cutoff. Frye et al. found even 1e-8 too loose to recover the
@@ -231,7 +233,14 @@ class _Config:
     grad_tol: float
     max_iters: int
     options: FinderOptions
-    batching: str = "vmap"
+    batching: str | int = "vmap"
+
+    @property
+    def lanes(self) -> int | None:
+        """Starts stepped in lockstep per group; None: all of them ("vmap")."""
+        if self.batching == "vmap":
+            return None
+        return 1 if self.batching == "map" else self.batching
 
 
 @functools.partial(
@@ -349,10 +358,12 @@ def _resolve_config(
     grad_tol: Any,
     max_iters: Any,
     options: FinderOptions | None,
-    batching: str = "vmap",
+    batching: str | int = "vmap",
 ) -> _Config:
-    if batching not in BATCHING:
-        raise ValueError(f"unknown batching {batching!r}; choose from {BATCHING}")
+    if not (batching in BATCHING or _is_lane_count(batching)):
+        raise ValueError(
+            f"unknown batching {batching!r}; choose from {BATCHING} or a number of lanes >= 1"
+        )
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
     try:
@@ -371,6 +382,10 @@ def _resolve_config(
     return _Config(
         method=method, grad_tol=tol, max_iters=max_iters, options=options, batching=batching
     )
+
+
+def _is_lane_count(batching: Any) -> bool:
+    return is_int(batching) and batching >= 1
 
 
 def _prepare(loss_fn: LossFn, params: Params, dtype: Any, grad_tol: float, *, batched: bool):
@@ -745,22 +760,20 @@ def _make_finder(loss_fn: LossFn, cfg: _Config, unravel: Callable, restart: jax.
     return init, step, flat_test
 
 
-def _expand(tree: Any) -> Any:
-    return jax.tree.map(lambda x: x[None], tree)
-
-
 def _next_damping(damping: jax.Array, ok: jax.Array, opts: FinderOptions) -> jax.Array:
     new = jnp.where(ok, damping * opts.damping_decrease, damping * opts.damping_increase)
     return jnp.maximum(new, opts.min_damping)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _find_batched(loss_fn: LossFn, cfg: _Config, params_R: Params, key: jax.Array):
+def _find(loss_fn: LossFn, cfg: _Config, params_R: Params, key: jax.Array, first):
     template = jax.tree.map(lambda leaf: leaf[0], params_R)
     unravel = ravel_pytree(template)[1]
     theta_R = jax.vmap(lambda p: ravel_pytree(p)[0])(params_R)
+    num_starts = theta_R.shape[0]
     # Streams of ``key``: the Lanczos restart vector from ``key`` itself (one draw, outside
-    # any vmap), start r's Hutchinson probes from ``fold_in(key, r)``.
+    # any vmap), start r's Hutchinson probes from ``fold_in(key, first + r)`` (``first``: the
+    # index of this batch's first start among all, so that a start's numbers do not depend on
+    # how the starts were split over devices).
     restart = jax.random.normal(key, theta_R.shape[1:], theta_R.dtype)
     init, step, flat_test = _make_finder(loss_fn, cfg, unravel, restart)
 
@@ -778,16 +791,23 @@ def _find_batched(loss_fn: LossFn, cfg: _Config, params_R: Params, key: jax.Arra
     def run(state):
         return lax.while_loop(cond, body, state)
 
-    if cfg.batching == "vmap":
+    lanes = cfg.lanes
+    if lanes is None or lanes >= num_starts:
         s = run(state)
     else:
-        # One start at a time inside the same program: no lane waits for the slowest start.
-        s = lax.map(lambda one: jax.tree.map(lambda x: x[0], run(_expand(one))), state)
-    keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(theta_R.shape[0]))
-    if cfg.batching == "vmap":
+        # Groups of ``lanes`` starts, one after another inside the same program (lanes = 1:
+        # no start waits for the slowest one). The last group is padded with copies of the
+        # first start, dropped after.
+        groups = -(-num_starts // lanes)
+        padded = pad_leading(state, groups * lanes)
+        s = lax.map(run, jax.tree.map(lambda x: x.reshape(groups, lanes, *x.shape[1:]), padded))
+        s = jax.tree.map(lambda x: x.reshape(groups * lanes, *x.shape[2:])[:num_starts], s)
+    keys = jax.vmap(lambda r: jax.random.fold_in(key, first + r))(jnp.arange(num_starts))
+    if lanes is None:
         r, r_h, fro, cost = jax.vmap(flat_test)(s.theta, s.g, keys)
     else:
-        r, r_h, fro, cost = lax.map(lambda a: flat_test(*a), (s.theta, s.g, keys))
+        batch = None if lanes == 1 else min(lanes, num_starts)  # None: unbatched kernels
+        r, r_h, fro, cost = lax.map(lambda a: flat_test(*a), (s.theta, s.g, keys), batch_size=batch)
     opts = cfg.options
     converged = s.gn2 < cfg.grad_tol
     flat = (r > opts.flat_residual) & (r_h < opts.flat_residual_hessian) & ~converged
@@ -812,6 +832,22 @@ def _find_batched(loss_fn: LossFn, cfg: _Config, params_R: Params, key: jax.Arra
     )
 
 
+_find_batched = jax.jit(_find, static_argnums=(0, 1))
+
+
+@functools.cache
+def _find_on_devices(devices: tuple) -> Callable:
+    # The finder as one SPMD program over ``devices`` (compiled once): each device runs the
+    # loops on its own group of starts; nothing communicates, so no device waits for
+    # another's slowest start. (The key is broadcast; each group gets its first index.)
+    return jax.pmap(
+        lambda loss_fn, cfg, key, group, first: _find(loss_fn, cfg, group, key, first),
+        static_broadcasted_argnums=(0, 1),
+        in_axes=(None, None, None, 0, 0),
+        devices=devices,
+    )
+
+
 def find_critical_points(
     loss_fn: LossFn,
     params_R: Params,
@@ -822,7 +858,8 @@ def find_critical_points(
     options: FinderOptions | None = None,
     dtype: Any = "float64",
     key: jax.Array | None = None,
-    batching: str = "vmap",
+    batching: str | int = "vmap",
+    devices: Sequence[jax.Device] | None = None,
 ) -> CriticalPoint:
     """Runs a finder from each of R starts of one architecture, in one compiled program.
 
@@ -845,8 +882,12 @@ def find_critical_points(
         with per-start convergence masks (finished starts keep their state and skip their
         inner solves); the layout for GPUs. ``"map"``: ``lax.map`` runs the starts one after
         another in the same program; faster on a CPU when starts need very different
-        numbers of iterations (see BENCHMARKS.md). Results agree up to rounding (batched and
-        unbatched kernels round differently, which can change an iteration count).
+        numbers of iterations (see BENCHMARKS.md). An int k: groups of k starts in lockstep,
+        one group after another (hybrid; 1 is "map"). Results agree up to rounding (batched
+        and unbatched kernels round differently, which can change an iteration count).
+      devices: the starts are split into contiguous groups, one per device, each device
+        running its own program (no cross-device step: a device waits only for its own
+        slowest start); the result is gathered on the first. None: every local device.
 
     Returns:
       A :class:`CriticalPoint` whose fields have a leading axis R. Compiled once per
@@ -862,7 +903,13 @@ def find_critical_points(
     params_R = _prepare(loss_fn, params_R, dtype, cfg.grad_tol, batched=True)
     if key is None:
         key = jax.random.key(0)
-    return _find_batched(loss_fn, cfg, params_R, key)
+    devices = jax.local_devices() if devices is None else list(devices)
+    num_starts = jax.tree.leaves(params_R)[0].shape[0]
+    if len(devices) < 2 or num_starts < 2:
+        return _find_batched(loss_fn, cfg, params_R, key, 0)
+    grouped, firsts, used = _devices.split(params_R, len(devices))
+    found = _find_on_devices(tuple(devices[:used]))(loss_fn, cfg, key, grouped, firsts)
+    return _devices.merge(found, num_starts)
 
 
 def find_critical_point(
@@ -892,7 +939,7 @@ def find_critical_point(
     params = _prepare(loss_fn, params, dtype, cfg.grad_tol, batched=False)
     if key is None:
         key = jax.random.key(0)
-    batch = _find_batched(loss_fn, cfg, jax.tree.map(lambda leaf: leaf[None], params), key)
+    batch = _find_batched(loss_fn, cfg, jax.tree.map(lambda leaf: leaf[None], params), key, 0)
     return jax.tree.map(lambda leaf: leaf[0], batch)
 
 

@@ -13,6 +13,7 @@ current parameters), which only iRprop+ reads. Hyperparameters are checked when 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from collections.abc import Callable
@@ -430,6 +431,27 @@ def make_optimizer(name: str, **hparams: Any) -> optax.GradientTransformationExt
     except ValueError as error:
         raise ValueError(f"optimizer {name!r}: {error}") from None
     return optax.with_extra_args_support(builder(**resolved))
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerFactory:
+    """``make_optimizer(name, **hparams)`` with the values given at call time.
+
+    Equal for equal names (so hashable as a static ``jax.jit`` argument), it lets a compiled
+    trainer take the hyperparameters as traced arguments: ``train_replicas(loss_fn, params,
+    OptimizerFactory("adam"), config, hyperparams={"learning_rate": 0.01})`` compiles once for
+    every learning rate. Traced values skip the range checks, so check concrete values first
+    (``make_optimizer`` with the same arguments).
+    """
+
+    name: str
+
+    def __post_init__(self):
+        if self.name not in _BUILDERS:
+            raise ValueError(f"unknown optimizer {self.name!r}; known: {', '.join(OPTIMIZERS)}")
+
+    def __call__(self, **hparams: Any) -> optax.GradientTransformationExtraArgs:
+        return make_optimizer(self.name, **hparams)
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ The command line is thin: :func:`run_study` does the work, and tests call it dir
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -159,14 +160,6 @@ def _run_cell(cfg: dict, cell: dict) -> tuple[pa.Table, dict[str, np.ndarray]]:
     loss_fn = _loss_fn(dtype, entry_json, arch, cell["loss"], float(cell["l2"]))
     t = cell["train"]
     R = t["replicas"]
-    # The same initial replicas for every optimizer and finder of an architecture: a fair
-    # comparison; the key depends only on the study seed, the data and the architecture.
-    init_key = jax.random.fold_in(
-        jax.random.key(cfg["study"]["seed"]), _stable_int(cell["data"], repr(arch))
-    )
-    params_R = models.init_replicas(arch, init_key, R, dtype)
-    hparams = {k: v for k, v in cell["optimizer"].items() if k != "name"}
-    optimizer = optim.make_optimizer(cell["optimizer"]["name"], **hparams)
     train_cfg = train.TrainConfig(
         num_steps=t["num_steps"],
         record_every=t["record_every"],
@@ -176,18 +169,9 @@ def _run_cell(cfg: dict, cell: dict) -> tuple[pa.Table, dict[str, np.ndarray]]:
     )
     timings = {}
     t0 = time.perf_counter()
-    if train_cfg.batch_size is None:
-        result = train.train_replicas(loss_fn, params_R, optimizer, train_cfg)
-    else:
-        batch_loss = losses.make_batch_loss_fn(
-            models.make_apply(arch), loss=cell["loss"], l2=float(cell["l2"])
-        )
-        xy = (jnp.asarray(ds.x), _targets(ds, cell["loss"]))
-        result = train.train_replicas(
-            batch_loss, params_R, optimizer, train_cfg, data=xy, key=jax.random.fold_in(init_key, 1)
-        )
-    jax.block_until_ready(result)
+    result, reused = _trained(cfg, cell, ds, arch, loss_fn, train_cfg)
     timings["train_seconds"] = time.perf_counter() - t0
+    timings["train_reused"] = reused
 
     # Starts: per replica, the step snapshots, the loss snapshots, then the end point.
     S, L = len(train_cfg.snapshot_steps), len(train_cfg.snapshot_losses)
@@ -229,6 +213,52 @@ def _run_cell(cfg: dict, cell: dict) -> tuple[pa.Table, dict[str, np.ndarray]]:
         timings["finder_seconds"] = time.perf_counter() - t0
         return _measure(cfg, cell, arch, loss_fn, result, found, kinds, reached, timings,
                         precision)  # fmt: skip
+
+
+# The last training run: cells that differ only in the finder method (the grid's innermost
+# axis, so adjacent) reuse its snapshots instead of training again.
+_LAST_TRAINING: dict = {}
+
+
+def _trained(cfg, cell, ds, arch, loss_fn, train_cfg) -> tuple[train.TrainResult, bool]:
+    """The cell's training result, and whether it was reused from the previous cell.
+
+    The optimizer's hyperparameters are traced arguments of the compiled training program,
+    so every learning rate of a grid shares one compilation.
+    """
+    dtype = cfg["study"]["dtype"]
+    hparams = {k: v for k, v in cell["optimizer"].items() if k != "name"}
+    name = cell["optimizer"]["name"]
+    key = json.dumps(
+        [dtype, cfg["study"]["seed"], cell["data"], repr(arch), cell["loss"], cell["l2"],
+         cell["optimizer"], repr(train_cfg), jax.config.jax_enable_x64],
+        sort_keys=True, default=str,
+    )  # fmt: skip
+    if _LAST_TRAINING.get("key") == key:
+        return _LAST_TRAINING["result"], True
+    _LAST_TRAINING.clear()
+    optim.make_optimizer(name, **hparams)  # checks the concrete values (the traced ones can't be)
+    # The same initial replicas for every optimizer and finder of an architecture: a fair
+    # comparison; the key depends only on the study seed, the data and the architecture.
+    init_key = jax.random.fold_in(
+        jax.random.key(cfg["study"]["seed"]), _stable_int(cell["data"], repr(arch))
+    )
+    params_R = models.init_replicas(arch, init_key, cell["train"]["replicas"], dtype)
+    factory = optim.OptimizerFactory(name)
+    if train_cfg.batch_size is None:
+        result = train.train_replicas(loss_fn, params_R, factory, train_cfg, hyperparams=hparams)
+    else:
+        batch_loss = losses.make_batch_loss_fn(
+            models.make_apply(arch), loss=cell["loss"], l2=float(cell["l2"])
+        )
+        xy = (jnp.asarray(ds.x), _targets(ds, cell["loss"]))
+        result = train.train_replicas(
+            batch_loss, params_R, factory, train_cfg, data=xy,
+            key=jax.random.fold_in(init_key, 1), hyperparams=hparams,
+        )  # fmt: skip
+    jax.block_until_ready(result)
+    _LAST_TRAINING.update(key=key, result=result)
+    return result, False
 
 
 def float64_available() -> bool:
@@ -277,10 +307,11 @@ def _warn_once(message: str) -> None:
     warnings.warn(message, stacklevel=3)
 
 
-def _point_inertias(cfg, cell, loss_fn, params_R, keep) -> dict[int, tuple]:
+def _point_inertias(cfg, cell, loss_fn, params_R, keep, devices=None) -> dict[int, tuple]:
     """Per kept point i: ``(inertias, eigenvalues)``; the inertias at ``zero_tols`` then at
     ``relative_tols`` (:class:`saddlestudy.inertia.Inertia` each), the eigenvalues all P of
-    them (method "eigh") or None."""
+    them (method "eigh") or None. Points are counted on every one of ``devices`` (None: the
+    local devices) at once."""
     spec = cfg["spectrum"]
     method = cell["spectrum_method"]
     if method == "eigh":
@@ -290,14 +321,28 @@ def _point_inertias(cfg, cell, loss_fn, params_R, keep) -> dict[int, tuple]:
             int(i): (_eigh_inertias(eig[i], spec["zero_tols"], spec["relative_tols"]), eig[i])
             for i in keep
         }
-    out = {}
-    for i in keep:
-        point = jax.tree.map(lambda x, i=i: x[i], params_R)
+    devices = jax.local_devices() if devices is None else list(devices)
+    precision = jax.config.jax_default_matmul_precision
+
+    def one(j: int) -> tuple:
+        # Point keep[j] on device j mod D, each device with its own thread: the Hessian
+        # products run on the devices at the same time and the host's LAPACK work (LDL^T)
+        # in parallel threads. The matmul precision is a thread-local setting: passed on.
+        i, device = int(keep[j]), devices[j % len(devices)]
+        point = jax.tree.map(lambda x: x[i], params_R)
         key = jax.random.fold_in(
-            jax.random.key(cfg["study"]["seed"]), _stable_int(cell["cell_id"], int(i))
+            jax.random.key(cfg["study"]["seed"]), _stable_int(cell["cell_id"], i)
         )
-        out[int(i)] = (_inertias(loss_fn, point, method, key, spec), None)
-    return out
+        with jax.default_device(device), jax.default_matmul_precision(precision):
+            point = jax.device_put(point, device)
+            return (_inertias(loss_fn, point, method, key, spec), None)
+
+    if len(devices) < 2 or len(keep) < 2:
+        results = [one(j) for j in range(len(keep))]
+    else:
+        with concurrent.futures.ThreadPoolExecutor(min(len(devices), len(keep))) as pool:
+            results = list(pool.map(one, range(len(keep))))
+    return {int(i): result for i, result in zip(keep, results, strict=True)}
 
 
 def _inertias(loss_fn, params, method: str, key, spec: dict) -> tuple:

@@ -28,6 +28,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from saddlestudy._devices import pad_leading
+
 Params = Any
 Data = Any  # a pytree of arrays with the sample axis first, e.g. (x, y)
 
@@ -172,21 +174,19 @@ def replica_sharding(num_replicas: int) -> NamedSharding | None:
 def _pad_replicas(tree: Any, num_replicas: int, multiple: int) -> Any:
     """Leaves with a leading axis R padded to a multiple of ``multiple`` by copies of replica
     0 (trained alongside and dropped after: replicas never interact)."""
-    pad = -num_replicas % multiple
-    if not pad:
-        return tree
-    return jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]), tree)
+    return pad_leading(tree, num_replicas + (-num_replicas % multiple))
 
 
 def train_replicas(
     loss_fn: Callable[..., jax.Array],
     params_R: Params,
-    optimizer: optax.GradientTransformation,
+    optimizer: optax.GradientTransformation | Callable[..., optax.GradientTransformation],
     config: TrainConfig | int,
     *,
     data: Data | None = None,
     data_per_replica: bool = False,
     key: jax.Array | None = None,
+    hyperparams: dict[str, float] | None = None,
 ) -> TrainResult:
     """Trains every replica of ``params_R`` (leading axis R on every leaf).
 
@@ -195,12 +195,18 @@ def train_replicas(
         ``batch`` has the structure of ``data`` (a minibatch of it, or all of it).
       params_R: stacked initial parameters.
       optimizer: any optax transformation; ``value=`` (the loss on the batch) is passed when
-        it takes extra arguments (iRprop+ backtracks on a loss increase).
+        it takes extra arguments (iRprop+ backtracks on a loss increase). With
+        ``hyperparams``: a hashable factory ``optimizer(**hyperparams) -> transformation``
+        (e.g. ``optim.OptimizerFactory("adam")``), called inside the compiled program.
       config: a :class:`TrainConfig`, or just the number of steps.
       data: the training set as a pytree of arrays, sample axis first; needed for minibatches.
       data_per_replica: whether ``data`` leaves have a leading replica axis (a data seed per
         replica) in front of the sample axis.
       key: randomness for minibatch sampling; replica r uses ``fold_in(key, r)``.
+      hyperparams: numeric hyperparameters passed to the factory ``optimizer`` as traced
+        scalars (in the parameters' dtype): one compiled training program then serves every
+        value, e.g. a grid of learning rates compiles once. ``None``: ``optimizer`` is a
+        transformation and part of the compiled program (a new one compiles anew).
 
     Returns:
       A :class:`TrainResult`. With several local devices the replica axis is sharded over
@@ -244,17 +250,34 @@ def train_replicas(
         params_R, keys_R = jax.device_put((params_R, keys_R), sharding)
         if data_per_replica:
             data = jax.device_put(data, sharding)
-    result = _train(loss_fn, optimizer, config, bool(data_per_replica), params_R, keys_R, data)
+    if hyperparams is None:
+        factory, hyperparams = _Fixed(optimizer), {}
+    else:
+        dtype = jnp.result_type(*leaves)
+        factory = optimizer
+        hyperparams = {k: jnp.asarray(v, dtype) for k, v in hyperparams.items()}
+    result = _train(
+        loss_fn, factory, config, bool(data_per_replica), params_R, keys_R, data, hyperparams
+    )
     if padded == num_replicas:
         return result
     return jax.tree.map(lambda x: x[:num_replicas], result)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Fixed:
+    # A transformation as a factory without arguments: hashed by the transformation itself.
+    optimizer: optax.GradientTransformation
+
+    def __call__(self) -> optax.GradientTransformation:
+        return self.optimizer
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _train(loss_fn, optimizer, config, data_per_replica, params_R, keys_R, data):
-    # Wrapped inside the trace: a wrapper made outside would be a new static argument (and a
-    # recompilation) on every call.
-    optimizer = optax.with_extra_args_support(optimizer)
+def _train(loss_fn, factory, config, data_per_replica, params_R, keys_R, data, hyperparams):
+    # Built inside the trace from the traced hyperparameters; wrapped here too, since a wrapper
+    # made outside would be a new static argument (and a recompilation) on every call.
+    optimizer = optax.with_extra_args_support(factory(**hyperparams))
     value_and_grad = jax.value_and_grad(loss_fn)
     minibatch = config.batch_size is not None
     step_marks = jnp.asarray(config.snapshot_steps, jnp.int32)

@@ -1,7 +1,10 @@
 """Strict numerics for every test, and an x64 switch that always restores the setting."""
 
+import contextlib
+
 import jax
 import pytest
+from jax._src import monitoring
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -84,3 +87,21 @@ def paper_quick(tmp_path_factory):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     return results, figures, run.stdout
+
+
+@contextlib.contextmanager
+def count_compilations():
+    """A list that gets one entry per program JAX lowers to MLIR (each compilation, also one
+    the persistent cache then serves) while the block runs."""
+    lowered = []
+
+    def listen(event, *_, **__):
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            lowered.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield lowered
+    finally:
+        # jax.monitoring has no public unregister.
+        monitoring.unregister_event_duration_listener(listen)

@@ -176,6 +176,19 @@ def test_batched_call_compiles_once_and_map_equals_vmap(x64):
     np.testing.assert_array_equal(mapped.iterations, first.iterations)
 
 
+def test_hybrid_batching_equals_map_and_vmap(x64):
+    # 5 starts in lockstep groups of 2 (the last group padded): the points of "map".
+    starts = lecture_points([(0.1, -0.05), (2.0, 1.0), (0.3, 0.2), (-1.0, 0.5), (0.05, 1.5)])
+    mapped = critical.find_critical_points(lecture_loss(), starts, batching="map")
+    hybrid = critical.find_critical_points(lecture_loss(), starts, batching=2)
+    assert hybrid.iterations.shape == (5,) and np.all(np.asarray(hybrid.converged))
+    np.testing.assert_allclose(w1w2(hybrid), w1w2(mapped), rtol=0, atol=1e-14)
+    np.testing.assert_array_equal(hybrid.iterations, mapped.iterations)
+    np.testing.assert_allclose(hybrid.flat_residual, mapped.flat_residual, atol=1e-12)
+    with pytest.raises(ValueError, match="lane count|batching"):
+        critical.find_critical_points(lecture_loss(), starts, batching=0)
+
+
 def test_critical_point_is_a_pytree_that_works_under_vmap(x64):
     starts = lecture_points([(0.1, -0.05), (2.0, 1.0)])
     cp = jax.vmap(lambda p: find_critical_point(lecture_loss(), p))(starts)
@@ -216,6 +229,8 @@ def test_history_and_to_dict(x64):
         (dict(max_iters=0), "max_iters"),
         (dict(max_iters=2.5), "max_iters"),
         (dict(batching="pmap"), "batching"),
+        (dict(batching=0), "batching"),
+        (dict(batching=True), "batching"),
         (dict(options=dict(damping=1.0)), "FinderOptions"),
     ],
 )

@@ -24,7 +24,6 @@ def lines(tmp_path_factory) -> list[dict]:
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
-@pytest.mark.slow  # about 2 minutes of compilation on 2 cores (four finder programs alone ~40 s)
 def test_every_section_runs_without_error(lines):
     assert {line["section"] for line in lines} == set(SECTIONS)
     errors = [(line["section"], line["error"]) for line in lines if "error" in line]
@@ -32,14 +31,13 @@ def test_every_section_runs_without_error(lines):
     assert not [line for line in lines if "skipped" in line]  # the default budget suffices
 
 
-@pytest.mark.slow
 def test_numbers_are_sane(lines):
     by = {s: [line for line in lines if line["section"] == s] for s in SECTIONS}
     assert all(line["replica_steps_per_s"] > 0 for line in by["train"])
     assert any(line.get("engine_over_loop", 0) > 0 for line in by["train"])
     assert by["while_loop"][0]["us_per_iteration"] > 0
     assert {(line["starts"], line["batching"]) for line in by["finder"]} == {
-        (R, b) for R in (4, 8) for b in ("vmap", "map")
+        (4, b) for b in ("vmap", "map")
     }
     assert all(1 <= line["iterations_max"] <= line["max_iters"] for line in by["finder"])
     warm = next(line for line in by["sweep"] if line["run"] == "warm")
@@ -51,7 +49,7 @@ def test_numbers_are_sane(lines):
         assert line["num_negative"] + line["num_zero"] + line["num_positive"] == P
         assert line["peak_bytes"] is None and "unavailable" in line["peak_note"]  # a CPU
     # The LDL^T counts of the smallest size equal numpy's eigvalsh of the dense Hessian; the
-    # eigenvalue nearest +-tau is far from it (float64 rounding of a P ~ 500 Hessian is
+    # eigenvalue nearest +-tau is far from it (float64 rounding of a P ~ 300 Hessian is
     # ~1e-13, so the two count the same eigenvalues).
     (check,) = [line for line in by["dense_inertia"] if "eigvalsh_negative" in line]
     assert check["num_params"] == counted[0]["num_params"]

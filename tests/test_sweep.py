@@ -13,7 +13,8 @@ from conftest import tiny_study_toml
 from saddlestudy import analysis, config, inertia, store, sweep
 from saddlestudy.hessian import dense_hessian
 
-TIMING = {"train_seconds", "finder_seconds", "spectrum_seconds"}
+# Timings, and whether a cell reused the previous cell's training (depends on what ran before).
+TIMING = {"train_seconds", "finder_seconds", "spectrum_seconds", "train_reused"}
 
 
 def write_config(tmp_path, widths="[2, 3]", name="tiny.toml"):
@@ -23,7 +24,11 @@ def write_config(tmp_path, widths="[2, 3]", name="tiny.toml"):
 
 
 def comparable(table):
-    rows = [{k: v for k, v in r.items() if k not in TIMING} for r in table.to_pylist()]
+    return comparable_rows(table.to_pylist())
+
+
+def comparable_rows(rows):
+    rows = [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
     return sorted(rows, key=lambda r: r["row_id"])
 
 
@@ -563,3 +568,43 @@ def test_ray_tasks_without_a_gpu_run_jax_on_the_cpu_and_shares_cap_memory():
     assert share["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
     assert float(share["XLA_PYTHON_CLIENT_MEM_FRACTION"]) <= 0.25
     assert sweep.ray_runtime_env(1) == {}
+
+
+def test_a_learning_rate_grid_compiles_once_and_finders_reuse_the_training(tmp_path, restore_x64):
+    from conftest import count_compilations
+
+    text = (
+        tiny_study_toml("lrgrid", "[2]", seed=5)
+        .replace(
+            '[[optimizer]]\nname = "irprop-"\nlearning_rate = 0.01\n',
+            "".join(
+                f'[[optimizer]]\nname = "irprop-"\nlearning_rate = {lr}\n'
+                for lr in (0.002, 0.005, 0.01, 0.02)
+            ),
+        )
+        .replace('method = ["newton_mr"]', 'method = ["newton_mr", "gradnorm"]')
+    )
+    path = tmp_path / "lrgrid.toml"
+    path.write_text(text)
+    cfg = config.load(path)
+    compiled_per_cell, done = [], []
+    with count_compilations() as compiled:
+        sweep.run_study(
+            cfg, tmp_path / "out", quiet=True,
+            cell_done=lambda cell: (done.append(cell), compiled_per_cell.append(len(compiled))),
+        )  # fmt: skip
+    table = store.load_results(tmp_path / "out", "lrgrid").to_pylist()
+    cells = [c["cell_id"] for c in done]
+    assert len(cells) == 8
+    # After one cell per finder method, every learning rate and finder compiles nothing.
+    assert compiled_per_cell[1] == compiled_per_cell[-1], compiled_per_cell
+    by_cell = {c: [r for r in table if r["cell_id"] == c] for c in cells}
+    reused = [by_cell[c][0]["train_reused"] for c in cells]
+    assert reused == [False, True] * 4
+    # A reused training gives the rows a fresh one gives: recompute one gradnorm cell alone.
+    sweep._LAST_TRAINING.clear()
+    alone, _ = sweep.run_cell(cfg, done[3])
+    assert comparable(alone) == comparable_rows(by_cell[cells[3]])
+    assert not alone.to_pylist()[0]["train_reused"]
+    # Four different learning rates really were trained.
+    assert len({by_cell[c][-1]["loss"] for c in cells[::2]}) == 4

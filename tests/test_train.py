@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import count_compilations
 
 from saddlestudy import losses, models, train
 from saddlestudy.train import TrainConfig
@@ -208,3 +209,52 @@ def test_any_replica_count_on_eight_devices_equals_one_device():
     one, eight = run_script(1, replicas=3), run_script(8, replicas=3)
     assert eight["devices"] == 8 and eight["rows"] == 3 and len(eight["loss"]) == 3
     np.testing.assert_allclose(eight["loss"], one["loss"], rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "name, hparams",
+    [
+        ("adam", {"learning_rate": 0.05, "b2": 0.99}),
+        ("irprop-", {"learning_rate": 0.01}),
+        ("irprop+", {"learning_rate": 0.01, "eta_plus": 1.3}),
+        ("quickprop", {"learning_rate": 0.05}),
+    ],
+)
+def test_traced_hyperparameters_give_the_numbers_of_the_fixed_optimizer(x64, name, hparams):
+    # Bitwise in float64. (In float32, Adam differs in the last ulp: XLA folds a constant
+    # hyperparameter into the arithmetic differently from a traced one.)
+    from saddlestudy import optim
+
+    config, loss, _ = small_problem()
+    params_R = models.init_replicas(config, jax.random.key(1), 2, "float64")
+    cfg = TrainConfig(num_steps=60, record_every=20, snapshot_steps=(20,))
+    fixed = train.train_replicas(loss, params_R, optim.make_optimizer(name, **hparams), cfg)
+    traced = train.train_replicas(
+        loss, params_R, optim.OptimizerFactory(name), cfg, hyperparams=hparams
+    )
+    for a, b in zip(jax.tree.leaves(fixed), jax.tree.leaves(traced), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_grid_of_learning_rates_compiles_training_once(x64):
+    from saddlestudy import optim
+
+    config, loss, _ = small_problem()
+    params_R = models.init_replicas(config, jax.random.key(1), 2)
+    cfg = TrainConfig(num_steps=40, record_every=20)
+    factory = optim.OptimizerFactory("irprop-")
+    before = train._train._cache_size()
+    losses_by_lr = []
+    with count_compilations() as compiled:
+        for i, lr in enumerate((0.001, 0.003, 0.01, 0.03)):
+            hparams = {"learning_rate": lr}
+            result = train.train_replicas(loss, params_R, factory, cfg, hyperparams=hparams)
+            losses_by_lr.append(np.asarray(result.loss))
+            if i == 0:
+                first = len(compiled)
+    assert first >= 1 and train._train._cache_size() == before + 1
+    assert len(compiled) == first  # the later learning rates compile nothing
+    # ... and they are really different runs.
+    assert len({float(v[0]) for v in losses_by_lr}) == 4
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        optim.OptimizerFactory("adamw")
