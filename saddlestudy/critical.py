@@ -906,10 +906,15 @@ def find_critical_points(
     devices = jax.local_devices() if devices is None else list(devices)
     num_starts = jax.tree.leaves(params_R)[0].shape[0]
     if len(devices) < 2 or num_starts < 2:
-        return _find_batched(loss_fn, cfg, params_R, key, 0)
-    grouped, firsts, used = _devices.split(params_R, len(devices))
+        # On that one device: starts sharded over several (by training) would otherwise make
+        # the finder one program over all of them.
+        return _find_batched(loss_fn, cfg, jax.device_put(params_R, devices[0]), key, 0)
+    # On the host first: starts that come sharded (e.g. from training over the replica
+    # mesh) would not match pmap's own layout.
+    grouped, firsts, used = _devices.split(jax.device_get(params_R), len(devices))
     found = _find_on_devices(tuple(devices[:used]))(loss_fn, cfg, key, grouped, firsts)
-    return _devices.merge(found, num_starts)
+    # Gathered on the first device (not left spread over the pmap's devices).
+    return jax.device_put(_devices.merge(jax.device_get(found), num_starts), devices[0])
 
 
 def find_critical_point(

@@ -256,6 +256,9 @@ def _trained(cfg, cell, ds, arch, loss_fn, train_cfg) -> tuple[train.TrainResult
             batch_loss, params_R, factory, train_cfg, data=xy,
             key=jax.random.fold_in(init_key, 1), hyperparams=hparams,
         )  # fmt: skip
+    # Onto one device: what follows (finder, counts) splits its own work over the devices;
+    # arrays left sharded by training would make each later program span every device.
+    result = jax.device_put(result, jax.local_devices()[0])
     jax.block_until_ready(result)
     _LAST_TRAINING.update(key=key, result=result)
     return result, False
@@ -323,13 +326,16 @@ def _point_inertias(cfg, cell, loss_fn, params_R, keep, devices=None) -> dict[in
         }
     devices = jax.local_devices() if devices is None else list(devices)
     precision = jax.config.jax_default_matmul_precision
+    # On the host first: slicing arrays sharded over several devices from several threads
+    # launches multi-device programs in different orders on different devices (a deadlock).
+    host = jax.device_get(params_R) if len(devices) > 1 else params_R
 
     def one(j: int) -> tuple:
         # Point keep[j] on device j mod D, each device with its own thread: the Hessian
         # products run on the devices at the same time and the host's LAPACK work (LDL^T)
         # in parallel threads. The matmul precision is a thread-local setting: passed on.
         i, device = int(keep[j]), devices[j % len(devices)]
-        point = jax.tree.map(lambda x: x[i], params_R)
+        point = jax.tree.map(lambda x: x[i], host)
         key = jax.random.fold_in(
             jax.random.key(cfg["study"]["seed"]), _stable_int(cell["cell_id"], i)
         )

@@ -28,7 +28,8 @@ FINDER_AND_COUNTS = textwrap.dedent(
     loss_fn = losses.make_loss_fn(models.make_apply(arch), x, y, loss="mse", l2=0.1)
     starts = models.init_replicas(arch, jax.random.key(0), 8, "float64")
     adam = optim.make_optimizer("adam", learning_rate=0.05)
-    starts = jax.device_get(train.train_replicas(loss_fn, starts, adam, 100).params)
+    # As in the sweep: the starts come from training, sharded over the devices.
+    starts = train.train_replicas(loss_fn, starts, adam, 100).params
     # Hutchinson probes for |H|_F (P = 55 > 1): the per-start random streams must follow the
     # start, not its place on a device.
     options = critical.FinderOptions(frobenius_exact_max=1, frobenius_probes=8)
@@ -121,12 +122,12 @@ STUDY = textwrap.dedent(
 
 @pytest.mark.slow  # ~8 minutes on 2 cores: every program compiles for 8 devices
 def test_a_study_on_eight_devices_with_3_and_8_replicas(tmp_path):
-    model = '[model]\\ndepth = [1]\\nwidth = [2]\\nactivation = ["tanh"]\\n'
+    model = '[model]\ndepth = [1]\nwidth = [2]\nactivation = ["tanh"]\n'
     text = tiny_study_toml("devices", "[2]", seed=7).replace("replicas = 2", "replicas = 3")
     text = text.replace(
         model,
-        "[[model]]" + model.removeprefix("[model]") + "[[model]]\\ndepth = [1]\\nwidth = [3]\\n"
-        'activation = ["tanh"]\\n[model.train]\\nreplicas = 8\\n',
+        "[[model]]" + model.removeprefix("[model]") + "[[model]]\ndepth = [1]\nwidth = [3]\n"
+        'activation = ["tanh"]\n[model.train]\nreplicas = 8\n',
     )
     (tmp_path / "devices.toml").write_text(text)
     one = run(STUDY, tmp_path / "devices.toml", tmp_path / "one", devices=1)
