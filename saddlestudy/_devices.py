@@ -29,18 +29,27 @@ def pad_leading(tree: Any, size: int) -> Any:
     )
 
 
-def split(tree: Any, num_devices: int) -> tuple[Any, jax.Array, int]:
-    """``tree``'s leading axis N as ``(D, ceil(N / D), ...)`` for D = min(num_devices, N)
-    devices (padded with copies of entry 0), the index of each group's first entry among
-    all, and D."""
+def group(tree: Any, size: int) -> Any:
+    """``tree``'s leading axis N as ``(ceil(N / size), size, ...)``, the last group padded with
+    copies of entry 0."""
     num = jax.tree.leaves(tree)[0].shape[0]
-    groups = min(num_devices, num)
-    per = -(-num // groups)
-    padded = pad_leading(tree, groups * per)
-    grouped = jax.tree.map(lambda x: x.reshape(groups, per, *x.shape[1:]), padded)
-    return grouped, jnp.arange(groups) * per, groups
+    groups = -(-num // size)
+    padded = pad_leading(tree, groups * size)
+    return jax.tree.map(lambda x: x.reshape(groups, size, *x.shape[1:]), padded)
+
+
+def split(tree: Any, num_devices: int) -> tuple[Any, jax.Array, int]:
+    """``tree``'s leading axis N in groups of ``ceil(N / num_devices)`` (the last padded with
+    copies of entry 0), the index of each group's first entry among all, and the number of
+    groups (at most ``num_devices``: the devices used)."""
+    num = jax.tree.leaves(tree)[0].shape[0]
+    per = -(-num // num_devices)
+    grouped = group(tree, per)
+    used = jax.tree.leaves(grouped)[0].shape[0]
+    return grouped, jnp.arange(used) * per, used
 
 
 def merge(tree: Any, num: int) -> Any:
-    """The inverse of :func:`split`: groups joined on one leading axis, padding dropped."""
+    """The inverse of :func:`group` and :func:`split`: the groups on one leading axis, the
+    padding dropped."""
     return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:])[:num], tree)

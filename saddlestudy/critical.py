@@ -83,7 +83,6 @@ from jax.flatten_util import ravel_pytree
 
 from saddlestudy import _devices, hessian, krylov, linalg, spectrum
 from saddlestudy._checks import check_int, is_int, reject_renamed
-from saddlestudy._devices import pad_leading
 from saddlestudy._results import plain, ravel_batched
 
 Params = Any
@@ -798,10 +797,7 @@ def _find(loss_fn: LossFn, cfg: _Config, params_R: Params, key: jax.Array, first
         # Groups of ``lanes`` starts, one after another inside the same program (lanes = 1:
         # no start waits for the slowest one). The last group is padded with copies of the
         # first start, dropped after.
-        groups = -(-num_starts // lanes)
-        padded = pad_leading(state, groups * lanes)
-        s = lax.map(run, jax.tree.map(lambda x: x.reshape(groups, lanes, *x.shape[1:]), padded))
-        s = jax.tree.map(lambda x: x.reshape(groups * lanes, *x.shape[2:])[:num_starts], s)
+        s = _devices.merge(lax.map(run, _devices.group(state, lanes)), num_starts)
     keys = jax.vmap(lambda r: jax.random.fold_in(key, first + r))(jnp.arange(num_starts))
     if lanes is None:
         r, r_h, fro, cost = jax.vmap(flat_test)(s.theta, s.g, keys)
