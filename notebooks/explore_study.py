@@ -71,14 +71,22 @@ print(index[["num_params", "num_converged", "median_index", "ci_low", "ci_high",
 # %% [markdown]
 # A custom figure: the smallest Hessian eigenvalue of every converged point against its loss,
 # from the stored columns, and one full spectrum read back from the store (stored only where
-# all P eigenvalues were computed: `spectrum_method == "eigh"`).
+# all P eigenvalues were computed: `spectrum_method == "eigh"`). `lambda_min` is stored only
+# where it is certified (dense and eigh rows, within `lambda_min_lo` … `lambda_min_hi`);
+# matrix-free rows have NaN there and a Ritz value in `ritz_min` (an upper bound of λ_min),
+# so they are drawn as their certified upper bound `lambda_min_hi`, hollow.
 
 # %%
 conv = df[df["status"] == "converged"]
 fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5), layout="constrained")
-sc = left.scatter(conv["loss"], conv["lambda_min"], c=conv["num_params"], cmap="viridis", s=14)
+known = conv[conv["lambda_min"].notna()]
+sc = left.scatter(known["loss"], known["lambda_min"], c=known["num_params"], cmap="viridis", s=14)
+if "lambda_min_hi" in conv:
+    bound = conv[conv["lambda_min"].isna() & conv["lambda_min_hi"].notna()]
+    left.scatter(bound["loss"], bound["lambda_min_hi"], facecolors="none", edgecolors="gray",
+                 s=14, label="upper bound only")  # fmt: skip
 left.set_xlabel("loss")
-left.set_ylabel("λ_min")
+left.set_ylabel("λ_min (certified)")
 fig.colorbar(sc, ax=left, label="P")
 full = df[df["spectrum_method"] == "eigh"] if "spectrum_method" in df else df
 pick = conv[conv["row_id"].isin(full["row_id"])]

@@ -1,4 +1,11 @@
-"""From a results store to findings: aggregates with bootstrap intervals and their counts.
+"""From a results store to findings: aggregates with 95% intervals and their counts.
+
+Fractions (proportions of points: minima, saddles, undetermined, converged) get the exact
+Clopper–Pearson interval of :func:`proportion_ci` (never a bootstrap: the percentile bootstrap
+of all-equal 0/1 samples is the zero-width ``[1, 1]`` for 3 of 3). Medians and means get a
+percentile bootstrap interval (:func:`bootstrap_ci`), always beside the number of points they
+are over (a bootstrap interval over fewer than about 10 points is unreliable: it is reported,
+with its count).
 
 Every function takes the study as a pandas DataFrame (:func:`load`) and returns a
 DataFrame. Points are always split by their ``status``: ``"converged"`` (a true critical
@@ -48,11 +55,23 @@ def with_status(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(status=pd.Categorical(status, ["converged", "gradient_flat", "not_converged"]))
 
 
+def tol_name(zero_tol: float) -> str:
+    """The tolerance as it appears in a column name: the fewest significant digits that read
+    back as the same float, e.g. ``1e-5``, ``1.2e-5``, ``1e-10`` (distinct tolerances always
+    get distinct names; one-digit tolerances keep the names results were stored under)."""
+    tau = float(zero_tol)
+    for digits in range(17):
+        text = f"{tau:.{digits}e}"
+        if float(text) == tau:
+            break
+    return text.replace("e-0", "e-").replace("e+0", "e+")
+
+
 def tol_column(kind: str, zero_tol: float, *, relative: bool = False) -> str:
-    """The stored column of a count at a zero tolerance, e.g. ``num_negative@1e-5``, or at a
-    relative one (tau = c lambda_max), e.g. ``num_negative@rel1e-3``."""
-    name = f"{zero_tol:.0e}".replace("e-0", "e-").replace("e+0", "e+")
-    return f"{kind}@{'rel' if relative else ''}{name}"
+    """The stored column of a count at a zero tolerance, e.g. ``num_negative@1e-5`` or
+    ``num_negative@1.2e-5`` (:func:`tol_name`), or at a relative one (tau = c lambda_max),
+    e.g. ``num_negative@rel1e-3``."""
+    return f"{kind}@{'rel' if relative else ''}{tol_name(zero_tol)}"
 
 
 CLASSES = ("minimum", "saddle", "undetermined")
@@ -110,6 +129,19 @@ def bootstrap_ci(
     return float(statistic(x)), float(np.quantile(boot, alpha)), float(np.quantile(boot, 1 - alpha))
 
 
+def proportion_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float, float]:
+    """Fraction ``successes / n`` and its exact Clopper–Pearson interval at ``level`` (NaNs
+    for ``n == 0``): never zero-width, e.g. 3 of 3 gives 1.0 [0.292, 1]. The one interval of
+    every fraction this package reports."""
+    k, n = int(successes), int(n)
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    if not 0 <= k <= n:
+        raise ValueError(f"successes must be in [0, n]: got {k} of {n}")
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
+    return k / n, float(ci.low), float(ci.high)
+
+
 def _row(by: Sequence[str], key, group: pd.DataFrame, **fields) -> dict:
     """One output row: the group's key columns, its counts per status, then ``fields``."""
     key = key if isinstance(key, tuple) else (key,)
@@ -137,19 +169,22 @@ def _minimum_ratio(df: pd.DataFrame, zero_tol: float) -> np.ndarray:
 def fraction_minima(
     df: pd.DataFrame, by: Sequence[str] = ARCH, *, zero_tol: float = DEFAULT_ZERO_TOL
 ) -> pd.DataFrame:
-    """Fraction of (certified) minima among converged critical points per group, with a 95%
-    CI, and the fraction :func:`classify` leaves undetermined (the true fraction of minima lies
-    between ``fraction_minima`` and ``fraction_minima + fraction_undetermined``)."""
+    """Fraction of (certified) minima among the ``num_converged`` converged critical points
+    per group, with its 95% Clopper–Pearson interval (``ci_low``, ``ci_high``;
+    :func:`proportion_ci`), and the fraction :func:`classify` leaves undetermined, with its
+    own (``fraction_undetermined_lo``, ``_hi``): the true fraction of minima lies between
+    ``fraction_minima`` and ``fraction_minima + fraction_undetermined``."""
     out = []
     for key, group in df.groupby(list(by), observed=True, sort=True):
         conv = group[group["status"] == "converged"]
         kind = classify(conv, zero_tol).to_numpy()
-        est, lo, hi = bootstrap_ci((kind == "minimum").astype(float))
-        undetermined = int((kind == "undetermined").sum())
+        minima, undetermined = int((kind == "minimum").sum()), int((kind == "undetermined").sum())
+        est, lo, hi = proportion_ci(minima, len(conv))
+        und, und_lo, und_hi = proportion_ci(undetermined, len(conv))
         out.append(
-            _row(by, key, group, num_minima=int((kind == "minimum").sum()),
-                 num_undetermined=undetermined, fraction_minima=est, ci_low=lo, ci_high=hi,
-                 fraction_undetermined=undetermined / len(conv) if len(conv) else math.nan)
+            _row(by, key, group, num_minima=minima, num_undetermined=undetermined,
+                 fraction_minima=est, ci_low=lo, ci_high=hi, fraction_undetermined=und,
+                 fraction_undetermined_lo=und_lo, fraction_undetermined_hi=und_hi)
         )  # fmt: skip
     return pd.DataFrame(out)
 
@@ -157,8 +192,9 @@ def fraction_minima(
 def index_summary(
     df: pd.DataFrame, by: Sequence[str] = ARCH, *, zero_tol: float = DEFAULT_ZERO_TOL
 ) -> pd.DataFrame:
-    """Median index of the converged points with an exact count (``num_exact`` of them) per
-    group with a 95% CI, and counts per status."""
+    """Median index of the converged points with an exact count (over ``num_exact`` of them)
+    per group with a 95% bootstrap CI (unreliable where ``num_exact`` < 10), the median loss
+    of the ``num_converged`` converged points, and counts per status."""
     out = []
     for key, group in df.groupby(list(by), observed=True, sort=True):
         conv = group[group["status"] == "converged"]
@@ -245,15 +281,18 @@ def minimum_ratio_vs_loss(df: pd.DataFrame, *, zero_tol: float = DEFAULT_ZERO_TO
 
 
 def optimizer_summary(df: pd.DataFrame, *, zero_tol: float = DEFAULT_ZERO_TOL) -> pd.DataFrame:
-    """Where each optimizer stalls: training loss, statuses, (certified) minima, undetermined
-    points and the median exact index at end points."""
+    """Where each optimizer stalls, per optimizer and P over the end points: the median
+    training loss (of ``num_points``), statuses, the fractions of (certified) minima and of
+    undetermined points among the ``num_converged`` converged ones, with 95% Clopper–Pearson
+    intervals (:func:`proportion_ci`), and the median exact index (over ``num_exact``)."""
     ends = df[df["start_kind"] == "end"]
     out = []
     for (name, P), group in ends.groupby(["optimizer", "num_params"], observed=True, sort=True):
         conv = group[group["status"] == "converged"]
         kind = classify(conv, zero_tol).to_numpy()
-        frac, lo, hi = bootstrap_ci((kind == "minimum").astype(float))
-        undetermined = float(np.mean(kind == "undetermined")) if len(conv) else math.nan
+        minima, undetermined = int((kind == "minimum").sum()), int((kind == "undetermined").sum())
+        frac, lo, hi = proportion_ci(minima, len(conv))
+        und, und_lo, und_hi = proportion_ci(undetermined, len(conv))
         index = _index(conv, zero_tol)
         index = index[np.isfinite(index)]
         out.append(
@@ -262,10 +301,15 @@ def optimizer_summary(df: pd.DataFrame, *, zero_tol: float = DEFAULT_ZERO_TOL) -
                 (name, P),
                 group,
                 median_train_loss=float(group["train_loss"].median()),
+                num_minima=minima,
+                num_undetermined=undetermined,
                 fraction_minima=frac,
                 ci_low=lo,
                 ci_high=hi,
-                fraction_undetermined=undetermined,
+                fraction_undetermined=und,
+                fraction_undetermined_lo=und_lo,
+                fraction_undetermined_hi=und_hi,
+                num_exact=int(index.size),
                 median_index=float(np.median(index)) if index.size else math.nan,
             )  # fmt: skip
         )

@@ -5,17 +5,24 @@ and of RESULTS.md (experiments/census.toml, issue 13):
 
 - :func:`census_summary`: per depth and P, the end points whose ``|grad L|^2`` lies below a
   cutoff: the count k, the index k / P, the index among non-flat directions
-  k / #{|lambda| > tau}, the fraction of points with an eigenvalue below -tau, the loss and
-  ``|grad L|^2``: medians (fractions) with 95% bootstrap intervals.
+  k / #{|lambda| > tau}, the loss and ``|grad L|^2`` (medians with 95% bootstrap intervals,
+  each beside the number of points it is over), and the fractions of saddles and of
+  undetermined points (exact Clopper–Pearson intervals,
+  :func:`~saddlestudy.analysis.proportion_ci`).
 - :func:`fit_growth`: the growth law k ~ c P^b, before and after P crosses N x outputs
-  (interpolation), with a bootstrap interval on b.
+  (interpolation), with a bootstrap interval on b; every resample fits the same sizes as the
+  estimate, by one rule for k = 0 (log(median k + 1)), and the pooled fit gives each depth its
+  own intercept.
 - :func:`matched_loss_summary` and :func:`fit_index_slope`: the index at fixed loss (the
   Newton-MR points from the first step below each loss level) against P, at the strict and
   loose cutoffs and for the gradient-flat points; the slope of the index in log10 P, whose
   interval contains 0 if the index does not depend on P (Dauphin et al. 2014's claim).
 
 Counts are read only where they are exact (``num_negative@tau`` is null otherwise): inexact
-points are left out and counted (``num_inexact``), never read as 0.
+points are left out of medians and fits and counted (``num_inexact``), never read as 0. Where
+the inexact points are the high-k ones (matrix-free counts at large P) that selection biases
+the medians down, so the summary also brackets the median k over all kept points, exact and
+inexact, by the medians of their bounds (``k_all_lo``, ``k_all_hi``).
 """
 
 from __future__ import annotations
@@ -26,7 +33,14 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from saddlestudy.analysis import DEFAULT_ZERO_TOL, bootstrap_ci, classify, tol_column
+from saddlestudy.analysis import (
+    DEFAULT_ZERO_TOL,
+    bootstrap_ci,
+    classify,
+    negative_bounds,
+    proportion_ci,
+    tol_column,
+)
 
 DEFAULT_LOOSE_CUTOFF = 1e-6  # |grad L|^2 below which a point counts at the loose cutoff
 _RESAMPLES = 1000
@@ -56,6 +70,12 @@ def _median_ci(values: np.ndarray) -> tuple[float, float, float]:
     return bootstrap_ci(values, np.median, num_resamples=_RESAMPLES)
 
 
+def _median_ci_n(values: np.ndarray) -> tuple[float, float, float, int]:
+    """Median, its 95% bootstrap interval and the number of (finite) values it is over."""
+    values = values[np.isfinite(values)]
+    return (*bootstrap_ci(values, np.median, num_resamples=_RESAMPLES), int(values.size))
+
+
 def _ends(df: pd.DataFrame) -> pd.DataFrame:
     """The end points of training, diverged replicas left out."""
     diverged = df["train_diverged"].astype(bool) if "train_diverged" in df else False
@@ -79,10 +99,22 @@ def census_summary(
 ) -> pd.DataFrame:
     """One row per group (default: depth and P, optimizers pooled) of the end points below
     ``cutoff``: ``num_ends`` (all end points), ``num_kept`` (below the cutoff), ``num_exact``,
-    ``num_inexact``; medians with 95% intervals (``*_lo``, ``*_hi``) of ``k``, ``index``
-    (k / P), ``index_nonflat`` (k / #{|lambda| > tau}), ``loss`` and ``grad_norm_sq``;
-    ``fraction_saddle`` (certified eigenvalue below -tau, :func:`~saddlestudy.analysis.classify`)
-    with its interval and ``fraction_undetermined``; ``p_over_nc`` (P / (N x outputs)).
+    ``num_inexact`` (kept points without an exact count, left out of the medians of k);
+
+    - medians with 95% bootstrap intervals (``*_lo``, ``*_hi``) and the number of points each
+      is over (``*_n``; an interval over fewer than about 10 is unreliable) of ``k``,
+      ``index`` (k / P), ``index_nonflat`` (k / #{|lambda| > tau}), ``loss`` and
+      ``grad_norm_sq``;
+    - ``k_all_lo``, ``k_all_hi``: the median k over *all* kept points, exact and inexact,
+      lies between these medians of the per-point lower and upper bounds
+      (``num_negative_lo/hi``; an unknown bound as 0 or P). Equal to ``k`` when every count is
+      exact; where the inexact points are the high-k ones, ``k`` (exact only) is biased down;
+    - ``fraction_saddle`` (certified eigenvalue below -tau, :func:`~saddlestudy.analysis.classify`)
+      among the ``num_determined`` points not undetermined (``num_saddle`` of them) and
+      ``fraction_undetermined`` among the kept, each with its exact Clopper–Pearson interval
+      (:func:`~saddlestudy.analysis.proportion_ci`);
+    - ``p_over_nc`` (P / (N x outputs)).
+
     With ``relative``, tau = ``zero_tol`` x lambda_max (the ``@rel`` columns)."""
     nc = interpolation_threshold(df)
     ends = _ends(df)
@@ -95,9 +127,9 @@ def census_summary(
         with np.errstate(divide="ignore", invalid="ignore"):
             nonflat_index = np.where(nonflat > 0, k / nonflat, np.nan)
         kind = classify(kept, zero_tol, relative=relative).to_numpy()
+        num_exact = int(np.isfinite(k).sum())
         row = {**dict(zip(by, key)), "num_ends": len(group), "num_kept": len(kept),
-               "num_exact": int(np.isfinite(k).sum()),
-               "num_inexact": int(len(kept) - np.isfinite(k).sum())}  # fmt: skip
+               "num_exact": num_exact, "num_inexact": len(kept) - num_exact}  # fmt: skip
         for name, values in (
             ("k", k),
             ("index", k / P if len(P) else k),
@@ -105,13 +137,18 @@ def census_summary(
             ("loss", kept["loss"].to_numpy(float)),
             ("grad_norm_sq", kept["grad_norm_sq"].to_numpy(float)),
         ):
-            row[name], row[f"{name}_lo"], row[f"{name}_hi"] = _median_ci(values)
-        determined = kind != "undetermined"
-        saddle = (kind[determined] == "saddle").astype(float)
-        row["fraction_saddle"], row["fraction_saddle_lo"], row["fraction_saddle_hi"] = bootstrap_ci(
-            saddle, num_resamples=_RESAMPLES
+            row[name], row[f"{name}_lo"], row[f"{name}_hi"], row[f"{name}_n"] = _median_ci_n(values)
+        lo, hi = negative_bounds(kept, zero_tol, relative=relative)
+        lo, hi = np.where(np.isnan(lo), 0.0, lo), np.where(np.isnan(hi), P, hi)
+        row["k_all_lo"] = float(np.median(lo)) if len(kept) else math.nan
+        row["k_all_hi"] = float(np.median(hi)) if len(kept) else math.nan
+        saddles, undetermined = int((kind == "saddle").sum()), int((kind == "undetermined").sum())
+        row["num_saddle"], row["num_determined"] = saddles, len(kept) - undetermined
+        row["fraction_saddle"], row["fraction_saddle_lo"], row["fraction_saddle_hi"] = (
+            proportion_ci(saddles, len(kept) - undetermined)
         )
-        row["fraction_undetermined"] = float(np.mean(~determined)) if len(kind) else math.nan
+        (row["fraction_undetermined"], row["fraction_undetermined_lo"],
+         row["fraction_undetermined_hi"]) = proportion_ci(undetermined, len(kept))  # fmt: skip
         row["num_params_mean"] = float(np.mean(P)) if len(P) else math.nan
         out.append(row)
     table = pd.DataFrame(out)
@@ -121,28 +158,45 @@ def census_summary(
     return table
 
 
-def _interval_within(groups: np.ndarray, statistic, rng) -> tuple[float, float]:
-    """A 95% percentile interval of ``statistic(indices)`` over resamples of the points with
-    replacement within each group (each size keeps its number of points)."""
+def _interval_within(groups: np.ndarray, statistic, rng) -> tuple[float, float, int, int]:
+    """A 95% percentile interval of ``statistic(indices)`` over ``_RESAMPLES`` resamples of
+    the points with replacement within each group (each group keeps its number of points, so
+    every resample has every group). Returns ``(lo, hi, num_resamples, num_degenerate)``:
+    a resample whose statistic is not finite is degenerate, and then the interval is NaN,
+    never taken over the other resamples alone."""
     members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
     boot = np.array([
         statistic(np.concatenate([rng.choice(m, size=m.size) for m in members]))
         for _ in range(_RESAMPLES)
     ], float)  # fmt: skip
-    boot = boot[np.isfinite(boot)]
-    if not boot.size:
-        return math.nan, math.nan
-    return float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))
+    degenerate = int((~np.isfinite(boot)).sum())
+    if degenerate:
+        return math.nan, math.nan, _RESAMPLES, degenerate
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    return float(lo), float(hi), _RESAMPLES, 0
 
 
-def _fit_log_log(P: np.ndarray, k: np.ndarray) -> float:
-    """Slope of log k on log P over sizes whose median k is > 0 (NaN with fewer than 2)."""
-    sizes = np.unique(P)
-    medians = np.array([np.median(k[P == s]) for s in sizes])
-    keep = medians > 0
-    if keep.sum() < 2:
-        return math.nan
-    return float(np.polyfit(np.log(sizes[keep]), np.log(medians[keep]), 1)[0])
+GROWTH_RULE = "log(median k + 1) = b log P + c"
+POOLED_GROWTH_RULE = "log(median k + 1) = b log P + c_depth"
+
+
+def _growth_slope(cells: np.ndarray, cell_log_p: np.ndarray, cell_depth: np.ndarray):
+    """The slope b of log(median k + 1) = b log P + c_depth by least squares over every cell
+    (one per depth and P; one intercept per depth), as a function of the points' k and the
+    indices of the points to use; None where b is not identified (no depth has two sizes).
+    The design is the same for every resample: only the medians change."""
+    depths = np.unique(cell_depth)
+    X = np.column_stack([cell_log_p] + [(cell_depth == d).astype(float) for d in depths])
+    if np.linalg.matrix_rank(X) < X.shape[1]:
+        return None
+    row = np.linalg.pinv(X)[0]  # b = row @ y
+
+    def slope(k: np.ndarray, idx: np.ndarray) -> float:
+        sub_k, sub_c = k[idx], cells[idx]
+        y = np.array([np.log(np.median(sub_k[sub_c == c]) + 1.0) for c in range(len(X))])
+        return float(row @ y)
+
+    return slope
 
 
 def fit_growth(
@@ -153,11 +207,25 @@ def fit_growth(
     relative: bool = False,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """The growth law k ~ c P^b of the end points below ``cutoff`` (exact counts), fitted on
-    the median k per size (sizes with median 0 cannot enter a log-log fit and are counted
-    in ``num_sizes_zero``), per depth and pooled, before (P < N x outputs) and after
-    interpolation; ``exponent`` with a 95% interval from resampling the points within each
-    size. NaN where fewer than two sizes have median k > 0."""
+    """The growth law k ~ c P^b of the end points below ``cutoff`` (exact counts; the kept
+    points without one are counted in ``num_inexact``), per depth and pooled over depths,
+    before (P < N x outputs) and after interpolation.
+
+    The rule (named in the ``rule`` column): b is the least-squares slope of
+    log(median k + 1) on log P over the sizes, the median k taken per size. The + 1 keeps every
+    size in the fit, sizes whose median k is 0 included (counted in ``num_sizes_zero``), the
+    same for the estimate and for every resample: a size with a median of 0 in some resamples
+    never drops out of them. It bends the law at small k (b is the growth of k + 1; for
+    k >> 1 it is the growth of k).
+
+    Pooled over depths (``depth == "all"``) a size is a (depth, P) cell and each depth has its
+    own intercept, log(median k + 1) = b log P + c_depth: b is the growth with P within depths
+    (common to them), not confounded with depth where the depths cover different P.
+
+    ``exponent`` with a 95% percentile interval from ``num_resamples`` resamples of the points
+    within each size; a degenerate resample (``num_resamples_degenerate``) is never dropped
+    silently: it makes the interval NaN. NaN where b is not identified (no depth has two
+    sizes)."""
     nc = interpolation_threshold(df)
     pts = end_points(df, cutoff)
     k, _ = _counts(pts, zero_tol, relative)
@@ -173,18 +241,29 @@ def fit_growth(
     for regime, in_regime in regimes.items():
         for name, in_group in groups:
             sel = ok & in_regime & in_group
-            Ps, ks = P[sel], k[sel]
+            Ps, ks, ds = P[sel], k[sel], depth[sel]
+            cell_keys, cells = np.unique(np.column_stack([ds, Ps]), axis=0, return_inverse=True)
+            cells = cells.ravel()
+            medians = np.array([np.median(ks[cells == c]) for c in range(len(cell_keys))])
+            slope = (_growth_slope(cells, np.log(cell_keys[:, 1]), cell_keys[:, 0])
+                     if len(cell_keys) else None)  # fmt: skip
+            est = lo = hi = math.nan
+            num_resamples = degenerate = 0
+            if slope is not None:
+                est = slope(ks, np.arange(ks.size))
+                lo, hi, num_resamples, degenerate = _interval_within(
+                    cells, lambda i, slope=slope, ks=ks: slope(ks, i), rng
+                )
             sizes = np.unique(Ps)
-            est = _fit_log_log(Ps, ks)
-            lo, hi = (_interval_within(Ps, lambda i, P=Ps, k=ks: _fit_log_log(P[i], k[i]), rng)
-                      if np.isfinite(est) else (math.nan, math.nan))  # fmt: skip
-            medians = [np.median(ks[Ps == s]) for s in sizes]
             out.append({
                 "regime": regime, "depth": name, "num_points": int(sel.sum()),
-                "num_sizes": len(sizes), "num_sizes_zero": int(sum(m == 0 for m in medians)),
+                "num_inexact": int((~ok & in_regime & in_group).sum()),
+                "num_sizes": len(cell_keys), "num_sizes_zero": int((medians == 0).sum()),
                 "p_min": float(sizes.min()) if len(sizes) else math.nan,
                 "p_max": float(sizes.max()) if len(sizes) else math.nan,
                 "exponent": est, "exponent_lo": lo, "exponent_hi": hi,
+                "num_resamples": num_resamples, "num_resamples_degenerate": degenerate,
+                "rule": POOLED_GROWTH_RULE if name == "all" else GROWTH_RULE,
             })  # fmt: skip
     return pd.DataFrame(out)
 
@@ -199,8 +278,9 @@ def matched_loss_summary(
     """The Newton-MR points started at the loss levels (``start_kind == "loss"``), per level,
     depth and P, for each selection: ``"strict"`` (``|grad L|^2`` below the smallest cutoff),
     ``"gradient_flat"`` (Frye et al.'s test) and ``"loose"`` (below the largest cutoff):
-    ``num_starts`` (levels reached), ``num_points`` selected, medians with 95% intervals of
-    the index k / P and of the loss the finder ended at (it moves away from the level)."""
+    ``num_starts`` (levels reached), ``num_points`` selected, medians with 95% bootstrap
+    intervals of the index k / P (over the ``num_exact`` points with an exact count) and of
+    the loss the finder ended at (over the ``num_points``; it moves away from the level)."""
     starts = df[df["start_kind"] == "loss"]
     strict, loose = min(cutoffs), max(cutoffs)
     selections = {
@@ -239,8 +319,10 @@ def fit_index_slope(
 ) -> pd.DataFrame:
     """Per loss level: the least-squares slope of the index k / P in log10 P over the
     matched-loss points below ``cutoff`` (all depths), with a 95% interval from resampling
-    the points within each size. An interval that contains 0 is what the claim "at fixed
-    loss the index does not depend on P" predicts; one that excludes it contradicts it."""
+    the points within each size (``num_resamples``; a degenerate one, counted in
+    ``num_resamples_degenerate``, makes the interval NaN). An interval that contains 0 is
+    what the claim "at fixed loss the index does not depend on P" predicts; one that
+    excludes it contradicts it."""
     pts = df[(df["start_kind"] == "loss") & (df["grad_norm_sq"] < cutoff)]
     rng = np.random.default_rng(seed)
     out = []
@@ -251,13 +333,17 @@ def fit_index_slope(
         log_p, index = np.log10(P[ok]), k[ok] / P[ok]
         sizes = np.unique(log_p)
         est = _slope(log_p, index)
-        lo, hi = (_interval_within(log_p, lambda i, x=log_p, y=index: _slope(x[i], y[i]), rng)
-                  if np.isfinite(est) else (math.nan, math.nan))  # fmt: skip
+        lo, hi, num_resamples, degenerate = (
+            _interval_within(log_p, lambda i, x=log_p, y=index: _slope(x[i], y[i]), rng)
+            if np.isfinite(est) else (math.nan, math.nan, 0, 0)
+        )  # fmt: skip
         out.append({
-            "start_loss_level": level, "num_points": int(ok.sum()), "num_sizes": len(sizes),
+            "start_loss_level": level, "num_points": int(ok.sum()),
+            "num_inexact": int((~ok).sum()), "num_sizes": len(sizes),
             "p_min": float(P[ok].min()) if ok.any() else math.nan,
             "p_max": float(P[ok].max()) if ok.any() else math.nan,
             "mean_index": float(index.mean()) if index.size else math.nan,
             "slope_per_decade": est, "slope_lo": lo, "slope_hi": hi,
+            "num_resamples": num_resamples, "num_resamples_degenerate": degenerate,
         })  # fmt: skip
     return pd.DataFrame(out)

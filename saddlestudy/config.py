@@ -190,6 +190,20 @@ def _check_train(key: str, train_cfg: dict) -> None:
         _fail(f"{key}.snapshot_losses", f"must be a list of loss levels, got {levels!r}")
 
 
+def _check_tol_columns(spec: dict) -> None:
+    """Two tolerances of one list that would store their counts under one column name (the
+    second overwriting the first) are refused."""
+    from saddlestudy.analysis import tol_column  # here: analysis imports pandas and scipy
+
+    for key, relative in (("zero_tols", False), ("relative_tols", True)):
+        seen: dict[str, float] = {}
+        for tol in spec[key]:
+            name = tol_column("num_negative", tol, relative=relative)
+            if name in seen:
+                _fail(f"spectrum.{key}", f"{seen[name]!r} and {tol!r} share the column {name}")
+            seen[name] = tol
+
+
 def _resolve_model(key: str, given: Any, train_cfg: dict) -> dict:
     if not isinstance(given, dict):
         _fail(key, "must be a table ([model] or [[model]])")
@@ -360,6 +374,7 @@ def resolve(raw: dict) -> dict:
             "spectrum.relative_tols", f"factors c of tau = c lambda_max must be in (0, 1): {rel!r}"
         )
     spec["relative_tols"] = sorted(float(c) for c in rel)
+    _check_tol_columns(spec)
 
     cutoffs = _as_list("figures.cutoffs", cfg["figures"]["cutoffs"])
     if not all(_is_number(c) and c > 0 for c in cutoffs):

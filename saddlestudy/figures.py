@@ -232,8 +232,10 @@ def index_vs_loss_figure(
 
 
 def scaling_figure(df, *, zero_tol: float = analysis.DEFAULT_ZERO_TOL):
-    """Against P, per optimizer and depth (95% CIs): the fraction of starts that converged to a
-    critical point, the fraction of minima among those, and their median index."""
+    """Against P, per optimizer and depth: the fraction of starts that converged to a
+    critical point and the fraction of minima among those (95% Clopper–Pearson intervals,
+    :func:`analysis.proportion_ci`), and their median index (95% bootstrap interval; the
+    number of points it is over is written beside medians over fewer than 10)."""
 
     fig, (conv_ax, left, right) = plt.subplots(1, 3, figsize=(13.0, 4.0), layout="constrained")
     colors = dict(zip(sorted(set(df["optimizer"])), plt.get_cmap("tab10").colors))
@@ -246,7 +248,7 @@ def scaling_figure(df, *, zero_tol: float = analysis.DEFAULT_ZERO_TOL):
         frac = analysis.fraction_minima(group, by=["num_params"], zero_tol=zero_tol)
         idx = analysis.index_summary(group, by=["num_params"], zero_tol=zero_tol)
         conv = pd.DataFrame({"num_params": frac["num_params"]})
-        cis = [analysis.bootstrap_ci((g["status"] == "converged").to_numpy(float))
+        cis = [analysis.proportion_ci(int((g["status"] == "converged").sum()), len(g))
                for _, g in group.groupby("num_params", sort=True)]  # fmt: skip
         conv["fraction"], conv["ci_low"], conv["ci_high"] = np.array(cis).T
         panels = ((conv_ax, conv, "fraction"), (left, frac, "fraction_minima"),
@@ -256,6 +258,15 @@ def scaling_figure(df, *, zero_tol: float = analysis.DEFAULT_ZERO_TOL):
             err = np.vstack([y - table["ci_low"], table["ci_high"] - y])
             ax.errorbar(table["num_params"], y, yerr=np.nan_to_num(err), marker="o", capsize=3,
                         color=color, ls=ls, label=label)  # fmt: skip
+        for _, row in idx[idx["num_exact"].between(1, 9)].iterrows():  # a median over few
+            right.annotate(
+                f"n={int(row['num_exact'])}",
+                (row["num_params"], row["median_index"]),
+                fontsize=5,
+                color=color,
+                xytext=(2, 2),
+                textcoords="offset points",
+            )
         if (frac["num_undetermined"] > 0).any():  # the most minima the bounds allow
             undetermined = True
             left.plot(frac["num_params"], frac["fraction_minima"] + frac["fraction_undetermined"],
@@ -271,7 +282,7 @@ def scaling_figure(df, *, zero_tol: float = analysis.DEFAULT_ZERO_TOL):
     left.set_ylim(-0.05, 1.05)
     if undetermined:
         left.set_title("dotted: with the undetermined points counted as minima", fontsize=8)
-    right.set_ylabel("median index α of converged points\n(exact counts only)")
+    right.set_ylabel("median index α of converged points\n(exact counts only; n where < 10)")
     conv_ax.legend(fontsize=8, title="optimizer", title_fontsize=8)
     _footer(fig, df)
     return fig
@@ -385,6 +396,37 @@ def _band(ax, table, col, **style) -> None:
                 **style)  # fmt: skip
 
 
+def _inexact_bounds(df, cutoff, tol, relative, depth, axes, **style) -> bool:
+    """The kept end points of ``depth`` without an exact count, drawn as vertical bars from
+    the lower to the upper bound of k (first axis) and of k / P (second); whether any."""
+    kept = census.end_points(df, cutoff)
+    kept = kept[kept["depth"] == depth]
+    if kept.empty:
+        return False
+    exact = np.isfinite(kept[analysis.tol_column("num_negative", tol, relative=relative)]
+                        .to_numpy(float))  # fmt: skip
+    P = kept["num_params"].to_numpy(float)
+    lo, hi = analysis.negative_bounds(kept, tol, relative=relative)
+    lo, hi = np.where(np.isnan(lo), 0.0, lo), np.where(np.isnan(hi), P, hi)
+    bars = ~exact
+    if not bars.any():
+        return False
+    for ax, scale in zip(axes, (np.ones_like(P), P)):
+        ax.vlines(
+            P[bars],
+            lo[bars] / scale[bars],
+            hi[bars] / scale[bars],
+            lw=0.8,
+            alpha=0.5,
+            color=style["color"],
+            linestyles="dotted" if style["ls"] == "--" else "solid",
+        )
+        for bound in (lo, hi):
+            ax.scatter(P[bars], bound[bars] / scale[bars], marker="_", s=25, alpha=0.6,
+                       color=style["color"])  # fmt: skip
+    return True
+
+
 def census_figure(
     df,
     *,
@@ -393,18 +435,23 @@ def census_figure(
     relative_tol: float | None = None,
 ):
     """The headline census figure: against P, one series per depth (optimizers pooled;
-    medians and fractions with 95% bootstrap intervals) over the end points with
-    ``|grad L|^2 < cutoff`` and exact counts: the count k below -tau, the index k / P, the
-    index among non-flat directions k / #{|lambda| > tau}, the fraction of points with an
-    eigenvalue below -tau, the loss and ``|grad L|^2``. With ``relative_tol``, the count
-    panels also show tau = relative_tol x lambda_max (dashed). A top axis gives P / (N x
-    outputs); the dotted line marks interpolation."""
+    medians with 95% bootstrap intervals, fractions with 95% Clopper–Pearson intervals) over
+    the end points with ``|grad L|^2 < cutoff``: the count k below -tau, the index k / P, the
+    index among non-flat directions k / #{|lambda| > tau} (medians over the exact counts), the
+    fraction of points with an eigenvalue below -tau, the loss and ``|grad L|^2``. The points
+    whose count is not exact are left out of the medians and drawn apart, in the k and k / P
+    panels, as vertical bars from their lower to their upper bound (``num_negative_lo``,
+    ``_hi``); the k labels say how many points each median is over and how many inexact ones
+    were left out. With ``relative_tol``, the count panels also show tau = relative_tol x
+    lambda_max (dashed). A top axis gives P / (N x outputs); the dotted line marks
+    interpolation."""
     nc = census.interpolation_threshold(df)
     fig, axes = plt.subplots(2, 3, figsize=(13.0, 7.5), layout="constrained")
     (k_ax, idx_ax, nonflat_ax), (frac_ax, loss_ax, grad_ax) = axes
     depths = sorted(set(df["depth"]))
     colors = dict(zip(depths, plt.get_cmap("tab10").colors))
     markers = "osD^v<>"
+    inexact = False
     variants = [(zero_tol, False, "-", f"τ = {zero_tol:g}")]
     if relative_tol is not None:
         variants.append((relative_tol, True, "--", f"τ = {relative_tol:g}·λmax"))
@@ -425,9 +472,14 @@ def census_figure(
                 _band(loss_ax, t, "loss", **style)
                 _band(grad_ax, t, "grad_norm_sq", **style)
                 for _, row in t.iterrows():
-                    kept = f"{int(row['num_kept'])}/{int(row['num_ends'])}"
-                    k_ax.annotate(kept, (row["num_params"], row["k"]), fontsize=5, color="0.4",
+                    kept = f"{int(row['num_exact'])}/{int(row['num_ends'])}"
+                    if row["num_inexact"]:
+                        kept += f" (+{int(row['num_inexact'])} inexact)"
+                    y = row["k"] if np.isfinite(row["k"]) else row["k_all_lo"]
+                    k_ax.annotate(kept, (row["num_params"], y), fontsize=5, color="0.4",
                                   xytext=(2, 2), textcoords="offset points")  # fmt: skip
+            inexact |= _inexact_bounds(df, cutoff, tol, relative, depth, (k_ax, idx_ax),
+                                       color=colors[depth], ls=ls)  # fmt: skip
     for ax in axes.ravel():
         ax.set_xlabel("number of parameters P")
         if not any(
@@ -440,7 +492,7 @@ def census_figure(
         _secondary_p_axis(ax, nc)
     k_ax.set_yscale("symlog", linthresh=1)
     k_ax.set_ylim(bottom=0)
-    k_ax.set_ylabel("count k of eigenvalues < −τ\n(median; labels: points kept / end points)")
+    k_ax.set_ylabel("count k of eigenvalues < −τ\n(median; labels: its points / end points)")
     idx_ax.set_ylabel("index k / P")
     nonflat_ax.set_ylabel("index among non-flat directions\nk / #{|λ| > τ}")
     frac_ax.set_ylabel("fraction of end points\nwith an eigenvalue < −τ (saddles)")
@@ -450,10 +502,14 @@ def census_figure(
             ax.set_yscale("log")
     loss_ax.set_ylabel("loss at the end point")
     grad_ax.set_ylabel("‖∇L‖² at the end point")
+    if inexact:
+        k_ax.plot([], [], color="0.3", marker="_", lw=0.8, label="bounds of an inexact count")
     k_ax.legend(fontsize=7)
     fig.suptitle(
-        f"End points of training polished by the finder, ‖∇L‖² < {cutoff:g}, exact counts "
-        f"(τ = {zero_tol:g}); medians and fractions with 95% bootstrap intervals",
+        f"End points of training polished by the finder, ‖∇L‖² < {cutoff:g} (τ = {zero_tol:g}): "
+        "medians of the exact counts with 95% bootstrap intervals (unreliable over < 10 points;\n"
+        "the labels give the counts), fractions with 95% Clopper–Pearson intervals; counts not "
+        "exact are left out of the medians and drawn as bars from their lower to upper bound",
         fontsize=9,
     )
     _footer(fig, df)

@@ -144,6 +144,7 @@ _DATA_FIELDS = [
     "density_grid",
     "density",
     "density_width",
+    "eigenvalue_error",
 ]
 _META_FIELDS = [
     "num_params",
@@ -200,6 +201,11 @@ class Spectrum:
       density_grid, density: SLQ's Gaussian-smoothed spectral density on a grid; it
         integrates to 1 (multiply by P for eigenvalues per unit lambda). None otherwise.
       density_width: the Gaussian's standard deviation (eigenvalue units).
+      eigenvalue_error: dense: a bound on how far each computed eigenvalue lies from the
+        true one (Weyl): the built Hessian's rounding estimated by its asymmetry plus the
+        eigensolver's backward error (:func:`saddlestudy.inertia.hessian_error`); counts
+        within it of a threshold are not exact (:class:`saddlestudy.inertia.Inertia`).
+        None otherwise.
       num_params: P.
       zero_tol: the absolute tolerance the counts use.
       method: how the spectrum was computed.
@@ -234,6 +240,7 @@ class Spectrum:
     density_grid: jax.Array | None = None
     density: jax.Array | None = None
     density_width: jax.Array | None = None
+    eigenvalue_error: jax.Array | None = None
     num_matvecs: int | None = None
     num_probes: int | None = None
     num_extreme: int | None = None
@@ -334,7 +341,12 @@ class TraceEstimate:
 
 def _dense_core(loss_fn, params, *, chunk_size):
     H = hessian.dense_hessian_chunked(loss_fn, params, chunk_size)
-    H = 0.5 * (H + H.T)  # exact in theory; removes rounding asymmetry before eigh
+    # The asymmetry is rounding error only: it estimates the built matrix's error
+    # (inertia.hessian_error), to which eigh adds its backward error n eps ||H||_F.
+    n = H.shape[0]
+    eps = jnp.finfo(H.dtype).eps
+    error = jnp.linalg.norm(H - H.T) + (n + 1) * eps * jnp.linalg.norm(H)
+    H = 0.5 * (H + H.T)
     finite = jnp.all(jnp.isfinite(H))
     eigenvalues, eigenvectors = jnp.linalg.eigh(jnp.where(finite, H, jnp.zeros_like(H)))
     return dict(
@@ -343,6 +355,7 @@ def _dense_core(loss_fn, params, *, chunk_size):
         lambda_min=eigenvalues[0],
         lambda_max=eigenvalues[-1],
         converged=jnp.asarray(True),
+        eigenvalue_error=error,
         finite=finite,
     )
 

@@ -320,8 +320,14 @@ def _point_inertias(cfg, cell, loss_fn, params_R, keep, devices=None) -> dict[in
     if method == "eigh":
         spectra = spectrum.hessian_spectra(loss_fn, params_R, method="dense")
         eig = np.asarray(spectra.eigenvalues)
+        error = np.asarray(spectra.eigenvalue_error)
         return {
-            int(i): (_eigh_inertias(eig[i], spec["zero_tols"], spec["relative_tols"]), eig[i])
+            int(i): (
+                inertia.Inertia.from_eigenvalues(
+                    eig[i], float(error[i]), spec["zero_tols"], spec["relative_tols"]
+                ),
+                eig[i],
+            )
             for i in keep
         }
     devices = jax.local_devices() if devices is None else list(devices)
@@ -367,33 +373,6 @@ def _inertias(loss_fn, params, method: str, key, spec: dict) -> tuple:
         num_slq_matvecs=min(P, spec["num_matvecs"]),
     )
     return result if isinstance(result, tuple) else (result,)
-
-
-def _eigh_inertias(eig: np.ndarray, zero_tols, relative_tols) -> tuple:
-    """Exact inertias from all P eigenvalues (ascending), one per threshold."""
-    P = eig.shape[0]
-    lam_min, lam_max = float(eig[0]), float(eig[-1])
-    # eigh's backward error, as hessian_inertia's dense method states it: P eps ||H||_F.
-    resolution = P * float(np.finfo(eig.dtype).eps) * float(np.linalg.norm(eig))
-    out = []
-    for tau, rel in [(t, None) for t in zero_tols] + [(c * lam_max, c) for c in relative_tols]:
-        if not tau > 0:  # a relative threshold without a positive lambda_max: not counted
-            neg = zero = pos = math.nan
-            lo, hi, exact = 0, P, False
-        else:
-            neg, pos = int(np.sum(eig < -tau)), int(np.sum(eig > tau))
-            zero, lo, hi, exact = P - neg - pos, neg, neg, True
-        out.append(
-            inertia.Inertia(
-                num_negative=neg, num_zero=zero, num_positive=pos, index=neg / P,
-                minimum_ratio=pos / P, num_negative_lo=lo, num_negative_hi=hi, exact=exact,
-                index_sem=0.0, index_bias_bound=0.0, lambda_min=lam_min, lambda_max=lam_max,
-                lambda_min_residual=0.0, lambda_max_residual=0.0, min_eigenvector=None,
-                resolution=resolution, num_matvecs=P, num_params=P, zero_tol=float(tau),
-                relative_tol=rel, method="eigh", failure_prob=0.0,
-            )
-        )  # fmt: skip
-    return tuple(out)
 
 
 def finder_batching(setting: str) -> str:
@@ -523,8 +502,18 @@ def _rows(cfg, cell, arch, result, found, counts, kinds, keep, timings, precisio
             # Exact values or null: never a count of Ritz values.
             "index": _nullable_fraction(main.num_negative, main),
             "minimum_ratio": _nullable_fraction(main.num_positive, main),
+            # The extremes: a value only where certified brackets pin it (dense, eigh), the
+            # brackets always (NaN where a side is unknown), and the Ritz values of the short
+            # Lanczos run under their own name (never an eigenvalue of the whole spectrum).
             "lambda_min": float(main.lambda_min),
             "lambda_max": float(main.lambda_max),
+            "lambda_min_lo": float(main.lambda_min_lo),
+            "lambda_min_hi": float(main.lambda_min_hi),
+            "lambda_max_lo": float(main.lambda_max_lo),
+            "lambda_max_hi": float(main.lambda_max_hi),
+            "ritz_min": float(main.ritz_min),
+            "ritz_min_residual": float(main.ritz_min_residual),
+            "bound_failure": bool(main.bound_failure),
             "num_matvecs": int(main.num_matvecs),
             **timings,
             **prov,

@@ -3,7 +3,9 @@
     python scripts/summarize_results.py [RESULTS_DIR]     (default results/)
 
 Every number is an aggregate of saddlestudy.analysis over the stored rows; converged points
-(|grad L|^2 < the finder's grad_tol) and the others are always kept apart.
+(|grad L|^2 < the finder's grad_tol) and the others are always kept apart. Fractions come with
+exact Clopper-Pearson 95% intervals (analysis.proportion_ci), medians with the number of points
+they are over.
 """
 
 from __future__ import annotations
@@ -106,8 +108,11 @@ def minimum_ratio(df: pd.DataFrame) -> str:
                      "median loss": float(g["loss"].median()),
                      "median |grad L|^2": float(g["grad_norm_sq"].median()),
                      "median min. ratio": float(g["minimum_ratio"].median()),
+                     "points with an exact ratio": int(g["minimum_ratio"].notna().sum()),
                      "max min. ratio": float(g["minimum_ratio"].max()),
-                     "with λ_min < -1e-5": int((g["lambda_min"] < -ZERO_TOL).sum())})  # fmt: skip
+                     "with λ_min < -1e-5": int(
+                         (g[analysis.tol_column("num_negative_lo", ZERO_TOL)] > 0).sum()
+                     )})  # fmt: skip
     return _table(pd.DataFrame(rows)) + "\n"
 
 
@@ -115,8 +120,11 @@ def scaling(df: pd.DataFrame) -> str:
     frac = analysis.fraction_minima(df, by=["optimizer", "num_params", "depth", "widths"])
     idx = analysis.index_summary(df, by=["optimizer", "num_params", "depth", "widths"])
     out = frac[["optimizer", "num_params", "depth", "widths", "num_points", "num_converged",
-                "num_gradient_flat", "fraction_minima", "ci_low", "ci_high",
-                "fraction_undetermined"]].copy()  # fmt: skip
+                "num_gradient_flat", "num_minima", "fraction_minima", "ci_low", "ci_high",
+                "num_undetermined", "fraction_undetermined", "fraction_undetermined_lo",
+                "fraction_undetermined_hi"]].copy()  # fmt: skip
+    # medians: of the index over num_exact points, of the loss over num_converged
+    out["num_exact"] = idx["num_exact"].to_numpy()
     out["median_index"] = idx["median_index"].to_numpy()
     out["median_loss"] = idx["median_loss"].to_numpy()
     return _table(out) + "\n"
@@ -128,12 +136,16 @@ def optimizers(df: pd.DataFrame) -> str:
 
 
 def census_tables(df: pd.DataFrame) -> str:
-    """The census: per depth and P, end points below each cutoff (k, index, non-flat index,
-    fraction of saddles, loss, |grad L|^2); growth-law fits; the index at matched loss."""
+    """The census: per depth and P, end points below each cutoff (k over the exact counts
+    with the number of them, the bracket of the median k over all kept points, index,
+    non-flat index, fractions of saddles and undetermined points, loss, |grad L|^2);
+    growth-law fits; the index at matched loss."""
     out = []
-    cols = ["depth", "num_params", "num_ends", "num_kept", "num_inexact", "k", "k_lo", "k_hi",
-            "index", "index_nonflat", "fraction_saddle", "fraction_saddle_lo",
-            "fraction_saddle_hi", "loss", "grad_norm_sq", "p_over_nc"]  # fmt: skip
+    cols = ["depth", "num_params", "num_ends", "num_kept", "num_inexact", "k_n", "k", "k_lo",
+            "k_hi", "k_all_lo", "k_all_hi", "index", "index_nonflat", "num_saddle",
+            "num_determined", "fraction_saddle", "fraction_saddle_lo", "fraction_saddle_hi",
+            "fraction_undetermined", "fraction_undetermined_hi", "loss", "grad_norm_sq",
+            "p_over_nc"]  # fmt: skip
     for cutoff in (1e-6, 1e-10):
         for tol, relative in ((ZERO_TOL, False), (1e-3, True)):
             tau = f"{tol:g} lambda_max" if relative else f"{tol:g}"

@@ -231,3 +231,61 @@ def test_exact_reference_matches_an_independent_construction():
     # Not the autoencoder (an activation, or biases: another P): no reference.
     assert analysis.exact_reference(df.assign(activation="tanh")) is None
     assert analysis.exact_reference(df.assign(num_params=2 * n * p + n + p)) is None
+
+
+# Exact (Clopper-Pearson) 95% intervals, to 3 digits, from tables of the binomial
+# distribution: k of n -> (low, high).
+CLOPPER_PEARSON = {(3, 3): (0.292, 1.0), (4, 4): (0.398, 1.0), (12, 12): (0.735, 1.0),
+                   (0, 4): (0.0, 0.602), (0, 8): (0.0, 0.369), (4, 5): (0.284, 0.995)}  # fmt: skip
+
+
+@pytest.mark.parametrize("k, n", sorted(CLOPPER_PEARSON))
+def test_proportion_ci_is_the_exact_clopper_pearson_interval(k, n):
+    from scipy import stats
+
+    est, lo, hi = analysis.proportion_ci(k, n)
+    assert est == k / n
+    assert (lo, hi) == pytest.approx(CLOPPER_PEARSON[k, n], abs=5e-4)
+    # The definition: beta quantiles (Clopper & Pearson 1934), not the package's path.
+    beta_lo = stats.beta.ppf(0.025, k, n - k + 1) if k > 0 else 0.0
+    beta_hi = stats.beta.ppf(0.975, k + 1, n - k) if k < n else 1.0
+    assert (lo, hi) == pytest.approx((beta_lo, beta_hi), abs=1e-9)
+    assert hi > lo  # never zero-width, unlike a bootstrap of all-equal 0/1 values
+
+
+def test_proportion_ci_of_nothing_is_nan_and_bad_counts_are_refused():
+    assert all(np.isnan(analysis.proportion_ci(0, 0)))
+    with pytest.raises(ValueError, match="4 of 3"):
+        analysis.proportion_ci(4, 3)
+
+
+def test_fractions_of_all_or_none_get_exact_intervals_not_zero_width_ones():
+    # P = 10: 3 of 3 converged points are minima; P = 20: 0 of 4 (saddles); P = 30: 12 of 12.
+    rows = [(10, 0.1, 0, 10, True, False, "a")] * 3 + [(20, 0.4, 2, 18, True, False, "a")] * 4
+    rows += [(30, 0.1, 0, 30, True, False, "a")] * 12
+    out = analysis.fraction_minima(synthetic(rows)).set_index("num_params")
+    assert out.loc[10, ["ci_low", "ci_high"]].tolist() == pytest.approx([0.292, 1.0], abs=5e-4)
+    assert out.loc[20, ["ci_low", "ci_high"]].tolist() == pytest.approx([0.0, 0.602], abs=5e-4)
+    assert out.loc[30, ["ci_low", "ci_high"]].tolist() == pytest.approx([0.735, 1.0], abs=5e-4)
+    # No point is undetermined: 0 of 4 is at most 0.602, not [0, 0].
+    undetermined = out.loc[20, ["fraction_undetermined_lo", "fraction_undetermined_hi"]]
+    assert undetermined.tolist() == pytest.approx([0.0, 0.602], abs=5e-4)
+    summary = analysis.optimizer_summary(synthetic(rows)).set_index("num_params")
+    assert summary.loc[10, ["ci_low", "ci_high"]].tolist() == pytest.approx([0.292, 1.0], abs=5e-4)
+    assert summary.loc[20, "fraction_undetermined_hi"] == pytest.approx(0.602, abs=5e-4)
+    assert summary.loc[10, "num_exact"] == 3  # the median index is over 3 points, said
+
+
+def test_tolerance_column_names_keep_every_digit_and_the_stored_names():
+    # One-digit tolerances keep the names stored results use.
+    assert analysis.tol_column("num_negative", 1e-5) == "num_negative@1e-5"
+    assert analysis.tol_column("num_negative", 1e-3, relative=True) == "num_negative@rel1e-3"
+    assert analysis.tol_column("num_zero", 1e-10) == "num_zero@1e-10"
+    assert analysis.tol_column("num_negative", 1e-8) == "num_negative@1e-8"
+    # Others: the shortest name that reads back as the same number.
+    assert analysis.tol_column("num_negative", 1.2e-5) == "num_negative@1.2e-5"
+    assert analysis.tol_column("num_negative", 1.5e-3, relative=True) == "num_negative@rel1.5e-3"
+    taus = [1e-5, 1.2e-5, 1.25e-5, 2.5e-7, 0.1 + 0.2, 1 / 3, 3e-4, 1.0000001e-5]
+    names = [analysis.tol_column("num_negative", t) for t in taus]
+    assert len(set(names)) == len(taus)
+    assert [float(n.split("@")[1]) for n in names] == taus

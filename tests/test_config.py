@@ -378,3 +378,26 @@ def test_describe_names_the_primary_tolerance():
     text = config.describe(cfg, config.expand(cfg))
     assert "counts_exact at 0.0001" in text and "c = none" in text
     assert "counts_exact at 1e-05" in config.describe(config.resolve(BASE), [])
+
+
+@pytest.mark.parametrize(
+    "spectrum, key",
+    [
+        ({"zero_tols": [1e-5, 1e-5]}, "spectrum.zero_tols"),
+        ({"zero_tols": [1e-5, 0.00001, 1e-4]}, "spectrum.zero_tols"),
+        ({"relative_tols": [1e-3, 0.001]}, "spectrum.relative_tols"),
+    ],
+)
+def test_tolerances_that_would_share_a_column_are_refused(spectrum, key):
+    with pytest.raises(config.ConfigError) as err:
+        config.resolve(with_(["spectrum"], spectrum))
+    message = str(err.value)
+    assert message.startswith(key) and "share the column" in message, message
+    assert "\n" not in message
+
+
+def test_tolerances_differing_beyond_the_first_digit_are_kept_apart():
+    cfg = config.resolve(with_(["spectrum"], {"zero_tols": [1e-5, 1.2e-5],
+                                              "relative_tols": [1e-3, 1.5e-3]}))  # fmt: skip
+    assert cfg["spectrum"]["zero_tols"] == [1e-5, 1.2e-5]
+    assert cfg["spectrum"]["relative_tols"] == [1e-3, 1.5e-3]

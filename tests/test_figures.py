@@ -165,3 +165,30 @@ def test_points_without_exact_counts_are_drawn_as_intervals(tmp_path):
     assert left.lines[-1].get_ydata()[0] == pytest.approx(0.25)  # 0 minima + 1 undetermined
     paths = figures.save_figure(figures.minimum_ratio_figure(df), tmp_path / "m")
     assert paths[0].stat().st_size > 10_000
+
+
+def test_fractions_in_the_scaling_figure_have_exact_intervals():
+    import pandas as pd
+
+    from saddlestudy import analysis
+
+    # P = 10: 3 of 3 starts converged, all minima; P = 20: 0 of 4 converged.
+    rows = [(10, True, 0)] * 3 + [(20, False, 2)] * 4
+    df = analysis.with_status(pd.DataFrame([{
+        "num_params": P, "depth": 1, "widths": str(P), "activation": "tanh", "optimizer": "adam",
+        "start_kind": "end", "train_loss": 0.1, "loss": 0.1, "num_negative@1e-5": neg,
+        "num_positive@1e-5": P - neg, "converged": conv, "gradient_flat": False,
+        "grad_norm_sq": 1e-12 if conv else 1e-7, "study": "s", "config_hash": "h",
+    } for P, conv, neg in rows]))  # fmt: skip
+    fig = figures.scaling_figure(df)
+    conv_ax, left = fig.axes[0], fig.axes[1]
+
+    def bars(ax):  # x -> (lower end, upper end) of each error bar
+        (container,) = ax.containers
+        segments = [s for s in container.lines[2][0].get_segments() if np.ndim(s) == 2]
+        return {seg[0, 0]: (seg[0, 1], seg[1, 1]) for seg in segments}
+
+    # Clopper-Pearson 95%: 3 of 3 -> [0.292, 1], 0 of 4 -> [0, 0.602] (binomial tables)
+    assert bars(conv_ax)[10] == pytest.approx((0.292, 1.0), abs=5e-4)
+    assert bars(conv_ax)[20] == pytest.approx((0.0, 0.602), abs=5e-4)
+    assert bars(left)[10] == pytest.approx((0.292, 1.0), abs=5e-4)

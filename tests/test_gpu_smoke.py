@@ -45,8 +45,6 @@ def test_numbers_are_sane(lines):
     counted = [line for line in by["dense_inertia"] if "num_zero" in line]
     assert len(counted) == 2
     for line in counted:
-        P = line["num_params"]
-        assert line["num_negative"] + line["num_zero"] + line["num_positive"] == P
         assert line["peak_bytes"] is None and "unavailable" in line["peak_note"]  # a CPU
     # The LDL^T counts of the smallest size equal numpy's eigvalsh of the dense Hessian; the
     # eigenvalue nearest +-tau is far from it (float64 rounding of a P ~ 300 Hessian is
