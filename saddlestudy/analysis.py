@@ -34,7 +34,7 @@ import pandas as pd
 import threadpoolctl
 from scipy import optimize, stats
 
-from saddlestudy import spectrum, store
+from saddlestudy import critical, spectrum, store
 
 ARCH = ["num_params", "depth", "widths", "activation"]
 DEFAULT_ZERO_TOL = spectrum.DEFAULT_ZERO_TOL
@@ -46,13 +46,54 @@ def load(root: str | Path, study: str | None = None) -> pd.DataFrame:
     return with_status(df)
 
 
+# How each start ended (the finder's classes, saddlestudy.critical.POINT_CLASSES), and
+# "unclassified" for rows stored before the classes were (only critical, gradient-flat and
+# diverged can be told there).
+POINT_CLASSES = (*critical.POINT_CLASSES, "unclassified")
+
+
 def with_status(df: pd.DataFrame) -> pd.DataFrame:
+    """Adds ``status`` (converged / gradient_flat / not_converged) and ``point_class`` (one of
+    :data:`POINT_CLASSES`; rows of older stores get what their columns can tell)."""
     status = np.where(
         df["converged"],
         "converged",
         np.where(df["gradient_flat"], "gradient_flat", "not_converged"),
     )
-    return df.assign(status=pd.Categorical(status, ["converged", "gradient_flat", "not_converged"]))
+    if "point_class" in df:
+        kind = df["point_class"].fillna("unclassified").to_numpy(object)
+    else:
+        diverged = (
+            df["train_diverged"].fillna(False).to_numpy(bool) if "train_diverged" in df else False
+        )
+        kind = np.where(
+            df["converged"],
+            "critical",
+            np.where(
+                diverged, "diverged", np.where(df["gradient_flat"], "gradient_flat", "unclassified")
+            ),
+        )
+    return df.assign(
+        status=pd.Categorical(status, ["converged", "gradient_flat", "not_converged"]),
+        point_class=pd.Categorical(kind, POINT_CLASSES),
+    )
+
+
+def class_fractions(df: pd.DataFrame, by: Sequence[str] = ARCH) -> pd.DataFrame:
+    """Per group: for each point class, its count and fraction with an exact Clopper–Pearson
+    95 % interval (``fraction_<class>``, ``_lo``, ``_hi``), over all the group's starts."""
+    df = df if "point_class" in df else with_status(df)
+    rows = []
+    for key, group in df.groupby(list(by), observed=True, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        row = {**dict(zip(by, key)), "num_points": len(group)}
+        for kind in POINT_CLASSES:
+            k = int((group["point_class"] == kind).sum())
+            frac, lo, hi = proportion_ci(k, len(group))
+            row.update({f"num_{kind}": k, f"fraction_{kind}": frac,
+                        f"fraction_{kind}_lo": lo, f"fraction_{kind}_hi": hi})  # fmt: skip
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def tol_name(zero_tol: float) -> str:

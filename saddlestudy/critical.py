@@ -113,6 +113,63 @@ FLAT_RESIDUAL = 0.9
 FLAT_RESIDUAL_HESSIAN = 5e-4
 
 
+# How a start ends (:func:`point_class`), in order of precedence.
+POINT_CLASSES = ("critical", "diverged", "escaping", "gradient_flat", "stalled", "budget")
+# "escaping" (a run toward a critical point at infinity): over the second half of the run
+# |theta| grew by at least ESCAPE_GROWTH (relative) while |grad L|^2 fell by at least
+# ESCAPE_DECAY, and the growth has not levelled off: the last quarter grew at least half as
+# much as the quarter before it.
+ESCAPE_GROWTH = 0.05
+ESCAPE_DECAY = 10.0
+_ESCAPE_MIN_ITERS = 8
+
+
+def point_class(
+    converged, status, gradient_flat, iterations, param_norm_history, grad_norm_sq_history
+) -> np.ndarray:
+    """The class of each finder run's end point, one of :data:`POINT_CLASSES` (NumPy, host).
+
+    ``critical``: |grad L|^2 < grad_tol. ``diverged``: non-finite loss or gradient.
+    ``escaping``: |theta| grows without levelling off while |grad L| decays
+    (``ESCAPE_GROWTH``, ``ESCAPE_DECAY``): a descent toward a critical point at infinity
+    (saturating units), not toward a nearby one. Such a run usually also passes Frye et al.'s
+    gradient-flat test (the gradient lies in directions of vanishing curvature), and is
+    reported as escaping, the more specific reason. ``gradient_flat``: Frye et al.'s test
+    fired (r > 0.9, r_H < 5e-4). ``stalled``: no acceptable step. ``budget``: out of
+    iterations.
+    Inputs are the :class:`CriticalPoint` fields, batched (leading axis R) or not.
+    """
+    converged = np.atleast_1d(np.asarray(converged, bool))
+    status = np.atleast_1d(np.asarray(status))
+    flat = np.atleast_1d(np.asarray(gradient_flat, bool))
+    its = np.atleast_1d(np.asarray(iterations))
+    theta = np.atleast_2d(np.asarray(param_norm_history, float))
+    gn2 = np.atleast_2d(np.asarray(grad_norm_sq_history, float))
+    out = np.full(converged.shape, "budget", dtype=object)
+    for r in range(converged.size):
+        n = int(its[r])
+        if converged[r]:
+            out[r] = "critical"
+        elif STATUS[int(status[r])] == "non_finite":
+            out[r] = "diverged"
+        elif n >= _ESCAPE_MIN_ITERS and _escaping(theta[r, : n + 1], gn2[r, : n + 1]):
+            out[r] = "escaping"
+        elif flat[r]:
+            out[r] = "gradient_flat"
+        elif STATUS[int(status[r])] == "stalled":
+            out[r] = "stalled"
+    return out
+
+
+def _escaping(theta: np.ndarray, gn2: np.ndarray) -> bool:
+    n = theta.shape[0] - 1
+    half, three = theta[n // 2], theta[(3 * n) // 4]
+    growing = theta[n] - half >= ESCAPE_GROWTH * half
+    not_levelled = theta[n] - three >= 0.5 * (three - half) > 0
+    decaying = gn2[n] * ESCAPE_DECAY <= gn2[n // 2]
+    return bool(growing and not_levelled and decaying)
+
+
 @dataclasses.dataclass(frozen=True)
 class FinderOptions:
     """Tuning knobs of the finders (defaults suit float64 problems of P up to ~1e4).
@@ -259,6 +316,8 @@ class _Config:
         "num_grads",
         "loss_history",
         "grad_norm_sq_history",
+        "param_norm_history",
+        "distance_moved",
     ],
     meta_fields=["method", "grad_tol", "max_iters"],
 )
@@ -282,6 +341,9 @@ class CriticalPoint:
       num_grads: loss-and-gradient evaluations spent.
       loss_history: loss after each iteration, entry 0 at the start; NaN past the end.
       grad_norm_sq_history: ``|grad L|^2`` likewise.
+      param_norm_history: ``|theta|`` likewise (a run toward a critical point at infinity
+        shows here: :func:`point_class`).
+      distance_moved: ``|theta_end - theta_start|``.
       method: the finder (``"none"`` in a study: the starts, measured and not moved;
         zero iterations and NaN residuals).
       grad_tol: the convergence threshold.
@@ -302,6 +364,8 @@ class CriticalPoint:
     num_grads: jax.Array
     loss_history: jax.Array
     grad_norm_sq_history: jax.Array
+    param_norm_history: jax.Array
+    distance_moved: jax.Array
     method: str
     grad_tol: float
     max_iters: int
@@ -338,8 +402,9 @@ class CriticalPoint:
             n = int(out["iterations"]) + 1
             out["loss_history"] = out["loss_history"][:n]
             out["grad_norm_sq_history"] = out["grad_norm_sq_history"][:n]
+            out["param_norm_history"] = out["param_norm_history"][:n]
             for name in ("loss", "grad_norm_sq", "flat_residual", "flat_residual_hessian",
-                         "hessian_fro_norm"):  # fmt: skip
+                         "hessian_fro_norm", "distance_moved"):  # fmt: skip
                 out[name] = float(out[name])
             for name in ("converged", "gradient_flat"):
                 out[name] = bool(out[name])
@@ -497,6 +562,7 @@ class FinderState(NamedTuple):
     num_grads: jax.Array
     loss_history: jax.Array
     grad_norm_sq_history: jax.Array
+    param_norm_history: jax.Array
     inner: Any
 
 
@@ -722,7 +788,9 @@ def _make_finder(loss_fn: LossFn, cfg: _Config, unravel: Callable, restart: jax.
             theta=theta, loss=loss, g=g, gn2=gn2, it=jnp.zeros((), jnp.int32),
             status=status.astype(jnp.int32), num_hvps=jnp.zeros((), jnp.int32),
             num_grads=jnp.ones((), jnp.int32), loss_history=hist.at[0].set(loss),
-            grad_norm_sq_history=hist.at[0].set(gn2), inner=method_init(theta, opts),
+            grad_norm_sq_history=hist.at[0].set(gn2),
+            param_norm_history=hist.at[0].set(jnp.linalg.norm(theta)),
+            inner=method_init(theta, opts),
         )  # fmt: skip
 
     def step(s: FinderState, active) -> FinderState:
@@ -731,13 +799,16 @@ def _make_finder(loss_fn: LossFn, cfg: _Config, unravel: Callable, restart: jax.
         it = s.it + 1
         loss = jnp.where(accept, prop.loss, s.loss)
         gn2 = jnp.where(accept, prop.gn2, s.gn2)
+        theta = jnp.where(accept, prop.theta, s.theta)
         return FinderState(
-            theta=jnp.where(accept, prop.theta, s.theta), loss=loss,
+            theta=theta, loss=loss,
             g=jnp.where(accept, prop.g, s.g), gn2=gn2, it=it,
             status=_status(cfg, it, loss, gn2, prop.stalled),
             num_hvps=s.num_hvps + prop.num_hvps, num_grads=s.num_grads + prop.num_grads,
             loss_history=s.loss_history.at[it].set(loss),
-            grad_norm_sq_history=s.grad_norm_sq_history.at[it].set(gn2), inner=prop.inner,
+            grad_norm_sq_history=s.grad_norm_sq_history.at[it].set(gn2),
+            param_norm_history=s.param_norm_history.at[it].set(jnp.linalg.norm(theta)),
+            inner=prop.inner,
         )  # fmt: skip
 
     def flat_test(theta, g, key):
@@ -822,6 +893,8 @@ def _find(loss_fn: LossFn, cfg: _Config, params_R: Params, key: jax.Array, first
         num_grads=s.num_grads,
         loss_history=s.loss_history,
         grad_norm_sq_history=s.grad_norm_sq_history,
+        param_norm_history=s.param_norm_history,
+        distance_moved=jnp.linalg.norm(s.theta - theta_R, axis=-1),
         method=cfg.method,
         grad_tol=cfg.grad_tol,
         max_iters=cfg.max_iters,

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pyarrow as pa
+from jax.flatten_util import ravel_pytree
 
 import saddlestudy
 from saddlestudy import (
@@ -418,6 +419,8 @@ def _starts_as_found(loss_fn, starts, grad_tol: float) -> critical.CriticalPoint
         num_grads=jnp.ones_like(gn, dtype=jnp.int32),
         loss_history=loss[:, None],
         grad_norm_sq_history=gn[:, None],
+        param_norm_history=jax.vmap(lambda p: jnp.linalg.norm(ravel_pytree(p)[0]))(starts)[:, None],
+        distance_moved=jnp.zeros_like(gn),
         method="none",
         grad_tol=grad_tol,
         max_iters=0,
@@ -435,7 +438,16 @@ def _rows(cfg, cell, arch, result, found, counts, kinds, keep, timings, precisio
         "diverged": result.diverged, "train_loss": result.loss,
         "converged": found.converged, "gradient_flat": found.gradient_flat,
         "grad_norm_sq": found.grad_norm_sq, "loss": found.loss, "iterations": found.iterations,
+        "status": found.status, "flat_residual": found.flat_residual,
+        "flat_residual_hessian": found.flat_residual_hessian,
+        "param_norm_history": found.param_norm_history,
+        "grad_norm_sq_history": found.grad_norm_sq_history,
+        "distance_moved": found.distance_moved,
     })  # fmt: skip
+    point_class = critical.point_class(
+        host["converged"], host["status"], host["gradient_flat"], host["iterations"],
+        host["param_norm_history"], host["grad_norm_sq_history"],
+    )  # fmt: skip
     loss_steps, steps_taken = host["loss_steps"], host["steps"]
     prov = provenance()
     cfg_hash = study_config.config_hash(cfg)
@@ -493,6 +505,15 @@ def _rows(cfg, cell, arch, result, found, counts, kinds, keep, timings, precisio
             "grad_norm_sq": float(host["grad_norm_sq"][i]),
             "loss": float(host["loss"][i]),
             "iterations": int(host["iterations"][i]),
+            # How the finder's run ended (critical.POINT_CLASSES; "diverged" also when training
+            # diverged), with what tells the classes apart.
+            "point_class": "diverged" if host["diverged"][r] else str(point_class[i]),
+            "finder_status": critical.STATUS[int(host["status"][i])],
+            "flat_residual": float(host["flat_residual"][i]),
+            "flat_residual_hessian": float(host["flat_residual_hessian"][i]),
+            "start_param_norm": float(host["param_norm_history"][i][0]),
+            "param_norm": float(host["param_norm_history"][i][int(host["iterations"][i])]),
+            "distance_moved": float(host["distance_moved"][i]),
             # What produced the counts: "eigh" (all P eigenvalues) or hessian_inertia's method.
             "spectrum_method": main.method,
             "zero_tol": primary_tol,
