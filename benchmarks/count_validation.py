@@ -347,8 +347,9 @@ def record(
         bias_bound=float(result.index_bias_bound) * P,
         num_matvecs=int(result.num_matvecs),
         resolution=_finite(float(result.resolution)),
-        lambda_max=float(result.lambda_max),
-        lambda_min=float(result.lambda_min),
+        # Ritz values of the extremes (a short Lanczos run), not eigenvalues.
+        ritz_max=float(result.ritz_max),
+        ritz_min=float(result.ritz_min),
         seconds=seconds,
         lo_held=lo <= truth,
         hi_held=truth <= hi,

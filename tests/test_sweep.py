@@ -29,7 +29,12 @@ def comparable(table):
 
 
 def comparable_rows(rows):
-    rows = [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+    # NaN (a value nothing certifies, e.g. ritz_min of a row with all eigenvalues) compares
+    # unequal to itself: compared as a marker.
+    def same(v):
+        return "NaN" if isinstance(v, float) and math.isnan(v) else v
+
+    rows = [{k: same(v) for k, v in r.items() if k not in TIMING} for r in rows]
     return sorted(rows, key=lambda r: r["row_id"])
 
 
