@@ -560,6 +560,44 @@ def matched_loss_figure(
     return fig
 
 
+_CLASS_COLORS = {"critical": "tab:green", "diverged": "tab:red", "escaping": "tab:purple",
+                 "gradient_flat": "tab:orange", "stalled": "tab:brown", "budget": "tab:gray",
+                 "unclassified": "0.7"}  # fmt: skip
+
+
+def point_class_figure(df, *, start_kind: str | None = "end"):
+    """How the finder's runs ended against P (Frye et al.'s figure, over the census's sizes):
+    one panel per depth, the fraction of starts in each class (``analysis.POINT_CLASSES``)
+    with exact Clopper–Pearson 95 % intervals; ``start_kind`` selects the starts (None: all).
+    Rows stored before the classes were can only be critical, diverged, gradient-flat or
+    unclassified."""
+    df = df if "point_class" in df else analysis.with_status(df)
+    if start_kind is not None and "start_kind" in df:
+        df = df[df["start_kind"] == start_kind]
+    depths = sorted(set(df["depth"]))
+    fig, axes = plt.subplots(1, len(depths), figsize=(4.2 * len(depths), 3.8),
+                             layout="constrained", sharey=True, squeeze=False)  # fmt: skip
+    nc = census.interpolation_threshold(df)
+    for ax, depth in zip(axes[0], depths):
+        table = analysis.class_fractions(df[df["depth"] == depth], by=["num_params"])
+        for kind in analysis.POINT_CLASSES:
+            if table[f"num_{kind}"].sum() == 0:
+                continue
+            _band(ax, table, f"fraction_{kind}", color=_CLASS_COLORS[kind], marker="o", ms=3,
+                  label=kind)  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("number of parameters P")
+        ax.set_title(f"depth {depth}", fontsize=9)
+        _secondary_p_axis(ax, nc)
+    axes[0][0].set_ylabel("fraction of starts (95% Clopper–Pearson)")
+    axes[0][0].legend(fontsize=7)
+    which = "end points of training" if start_kind == "end" else "all starts"
+    fig.suptitle(f"How the finder's runs from the {which} ended", fontsize=9)
+    _footer(fig, df)
+    return fig
+
+
 def study_cutoffs(root: str | Path) -> tuple[float, ...]:
     """The index-vs-loss cutoffs of a study: its config's ``[figures] cutoffs``.
 
@@ -626,6 +664,7 @@ def study_figures(
         for name, cutoff in (("census", max(cutoffs)), ("census_strict", min(cutoffs))):
             fig = census_figure(df, cutoff=cutoff, relative_tol=relative)
             paths += save_figure(fig, out / name, formats)
+        paths += save_figure(point_class_figure(df), out / "point_classes", formats)
         if (df["start_kind"] == "loss").any():
             paths += save_figure(matched_loss_figure(df, cutoffs=cutoffs), out / "matched_loss",
                                  formats)  # fmt: skip

@@ -8,18 +8,20 @@ rest zero; ``tau`` is ``zero_tol`` or ``relative_tol * lambda_max``.
 
 Methods (what each can and cannot count):
 
-- ``"dense"``: exact. The Hessian is built from P Hessian-vector products in chunks
+- ``"dense"``: exact wherever no eigenvalue lies within the resolution of a threshold, else
+  certified bounds. The Hessian is built from P Hessian-vector products in chunks
   (:func:`saddlestudy.hessian.dense_hessian_chunked`), then Sylvester's law of inertia: for
   the Bunch-Kaufman factorisation ``H - sigma I = L D L^T`` (LAPACK ``sytrf``, about P^3 / 3
-  flops, blocked) the eigenvalues of H below / above sigma are as many as the negative /
-  positive eigenvalues of the block-diagonal D. Two factorisations per tolerance
-  (sigma = -tau, +tau); for many tolerances one ``eigvalsh`` is cheaper and is used instead
-  (``EIGVALSH_PER_SYTRF``, measured). Memory: two P x P matrices. ``resolution`` is
-  ``P eps ||H||_F``: eigenvalues closer than that to +-tau may be counted on either side
-  (the factorisation's backward error; Higham, *Accuracy and Stability of Numerical
-  Algorithms*, 2002, ch. 11).
-  On an accelerator, where no ``sytrf`` exists in JAX, ``eigvalsh`` on the device (one call
-  for every tolerance; not yet measured against alternatives).
+  flops, blocked) the eigenvalues below / above sigma are as many as the negative / positive
+  eigenvalues of the block-diagonal D. The factorisation is exact for a matrix within ``d``
+  of H: its backward error (:func:`ldl_backward_error`, with the growth of L and D measured)
+  plus the built Hessian's rounding (:func:`hessian_error`), so factorisations at
+  ``-tau - d`` and ``-tau + d`` bracket the count (``resolution`` = d), four per threshold;
+  two more certify the Ritz values of the extremes. When that costs more than one
+  ``eigvalsh`` (``EIGVALSH_PER_SYTRF``, measured), or the Ritz value of lambda_min is not
+  converged, one ``eigvalsh`` gives every eigenvalue within its error and so the counts and
+  the extremes (:func:`dense_counts`). Memory: two P x P matrices. On an accelerator, where
+  no ``sytrf`` exists in JAX, ``eigvalsh`` on the device.
 - ``"lanczos"``: Lanczos at the low end with deflation (locking) of converged Ritz pairs and
   an adaptive depth. Rounds of Lanczos with full reorthogonalisation
   (:func:`saddlestudy.krylov.lanczos_tridiag`) on the deflated operator
@@ -28,8 +30,12 @@ Methods (what each can and cannot count):
   finds none and certifies, with probability >= 1 - ``failure_prob``, that the deflated
   operator has no eigenvalue below ``-tau + eta``: the random-start Lanczos bound of
   Kuczynski & Wozniakowski (1992, SIMAX 13, Thm 4.2) applied at both ends of the
-  spectrum. With ``M = Y^T H Y`` and ``eta = ||H Y - Y M||_F`` (computed), Weyl's theorem
-  and Cauchy interlacing give
+  spectrum. A round may stop at any of a fixed set of checkpoints, and at most
+  ``MAX_ROUNDS`` rounds run, so ``failure_prob`` is split over rounds x checkpoints (a union
+  bound) and the stored ``failure_prob`` is what holds. ``max_matvecs`` caps the rounds and
+  the locking (the short run for the Ritz values of the extremes, and SLQ's products, come
+  on top; all are counted in ``num_matvecs``). With ``M = Y^T H Y`` and
+  ``eta = ||H Y - Y M||_F`` (computed), Weyl's theorem and Cauchy interlacing give
 
   - ``num_negative_lo`` = max(#{eig(M) < -tau}, #{eig(M) < -tau - eta} + #{Ritz values
     of the last round < -tau - eta}): certified;
@@ -47,7 +53,8 @@ Methods (what each can and cannot count):
   certified); ``num_negative_hi`` = P (mean over probes of the Chebyshev-Markov-Stieltjes
   upper bound + ``sqrt(ln(1 / failure_prob) / (2 num_probes))``) (Hoeffding: each probe's
   bound lies in [0, 1] and has mean >= the true fraction), capped by the certified
-  count from the top end. Never exact below P.
+  count from the top end. Never exact below P. An upper bound seen below the certified
+  lower bound is a detected failure: ``bound_failure``, and the count stays inexact.
 - ``"lanczos+slq"``: Lanczos, then SLQ at the thresholds where Lanczos is not exact; the
   result combines both (largest lower bound, smallest upper bound, SLQ's estimate), each
   run with half of ``failure_prob`` so that the upper bound holds with probability
@@ -56,10 +63,11 @@ Methods (what each can and cannot count):
   float64 on a 24 GiB machine) and P is within ``dense_max_params`` (if given), else
   ``"lanczos+slq"``.
 
-``lambda_min`` / ``lambda_max`` are the extreme Ritz values of a Lanczos run (an upper and a
-lower bound of the true extremes) with residual bounds ``lambda_min_residual`` /
-``lambda_max_residual``: each lies that close to an eigenvalue. ``min_eigenvector`` is the Ritz
-vector of ``lambda_min``, shaped like the parameters.
+``lambda_min`` / ``lambda_max`` are the extreme eigenvalues, stored only where certified
+brackets (``lambda_min_lo`` ... ``lambda_min_hi``) pin them (dense); the Ritz values of a short
+Lanczos run are ``ritz_min`` / ``ritz_max`` with residual bounds (an upper / lower bound of
+the extremes, never stored as them); ``min_eigenvector`` is the Ritz vector of ``ritz_min``,
+shaped like the parameters.
 """
 
 from __future__ import annotations
@@ -88,7 +96,7 @@ LossFn = Callable[[Params], jax.Array]
 INERTIA_METHODS = ("auto", "dense", "lanczos", "slq", "lanczos+slq")
 DEFAULT_ZERO_TOL = spectrum_lib.DEFAULT_ZERO_TOL
 DEFAULT_FAILURE_PROB = 1e-3
-DEFAULT_MAX_MATVECS = 3000  # Lanczos: the most Hessian-vector products over all rounds
+DEFAULT_MAX_MATVECS = 3000  # Lanczos: the most products of the rounds and locking (a cap)
 DEFAULT_MAX_LOCKED = 256  # Lanczos: the most locked (deflated) Ritz pairs
 
 CHECK_EVERY = 8  # Lanczos: steps between checks of the stopping rule
@@ -929,7 +937,8 @@ def hessian_inertia(
         (Lanczos, then SLQ where Lanczos is not exact; each with half of ``failure_prob``).
       key: PRNG key of the random vectors (default ``key(0)``).
       failure_prob: the probability that an upper bound fails (Lanczos and SLQ).
-      max_matvecs: Lanczos: the most Hessian-vector products over all rounds.
+      max_matvecs: Lanczos: the most Hessian-vector products of its rounds and locking (the
+        extremes' short run and SLQ come on top).
       max_locked: Lanczos: the most deflated Ritz pairs (the largest count it can make exact).
       num_probes, num_slq_matvecs: SLQ probes and Krylov depth (defaults of
         :func:`saddlestudy.spectrum.hessian_spectrum`).

@@ -47,6 +47,7 @@ def test_study_figures_are_written_and_deterministic(tmp_path):
         "spectral_density",
         "census",  # the study spans a decade of P
         "census_strict",
+        "point_classes",
     )
     assert names == sorted(f"{stem}.{ext}" for stem in stems for ext in ("png", "pdf"))
     for name in names:

@@ -600,6 +600,16 @@ def test_a_failed_slq_bound_leaves_the_count_inexact(x64, monkeypatch):
     assert r.bound_failure and not r.exact
     assert r.num_negative_lo == 5 and r.num_negative_hi >= 5  # hi: the certified bound
     assert r.num_negative == pytest.approx(r.index * 400)  # an estimate, not a count
+    # Lanczos + SLQ, P = 100: Lanczos (32 products) certifies the 5 negatives below, 4 SLQ
+    # steps see at most 4, and 200 probes put the faked SLQ upper bound at floor(100 *
+    # 0.042) = 4: the bounds cross only when combined.
+    loss, params = _diagonal(np.concatenate([eig[:5], np.linspace(0.5, 10, 95)]))
+    r = ss.hessian_inertia(
+        loss, params, zero_tol=tau, method="lanczos+slq", failure_prob=0.999, num_probes=200,
+        num_slq_matvecs=4, max_matvecs=32,
+    )  # fmt: skip
+    assert r.method == "lanczos+slq" and r.bound_failure and not r.exact
+    assert r.num_negative_lo == 5 <= r.num_negative_hi
 
 
 def test_max_matvecs_caps_the_lanczos_products(x64, monkeypatch):
