@@ -9,6 +9,16 @@ from jax._src import monitoring
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_jit_caches():
+    """Each test module starts with JAX's in-memory compilation caches emptied: the programs
+    of the modules before it (every loss closure compiles its own) are released, so the
+    default suite's one process does not grow with the number of modules (it was aborted by
+    the C++ runtime near the end of the suite before this)."""
+    jax.clear_caches()
+    yield
+
+
 @pytest.fixture
 def x64():
     """Run a test in float64; the previous setting is restored afterwards."""
