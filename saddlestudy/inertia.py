@@ -3,7 +3,7 @@
 ``hessian_inertia(loss_fn, params, zero_tol=...)`` returns an :class:`Inertia`: the counts,
 a **certified** lower bound ``num_negative_lo`` and an upper bound ``num_negative_hi`` on
 the number of negative eigenvalues, and ``exact`` when the two meet. Definitions as in
-shared/SCIENCE.md §1 and §6: ``lambda < -tau`` is negative, ``lambda > tau`` positive, the
+docs/science.md §1 and §6: ``lambda < -tau`` is negative, ``lambda > tau`` positive, the
 rest zero; ``tau`` is ``zero_tol`` or ``relative_tol * lambda_max``.
 
 Methods (what each can and cannot count):
@@ -381,9 +381,18 @@ def ldl_backward_error(matrix, shift, ldu, starts) -> float:
     return n * eps * (a_norm + growth)
 
 
+def _sum_sq(matrix, block: int = 1024) -> float:
+    """``||matrix||_F^2`` in float64, a block of rows at a time (no P x P temporary: the dense
+    path's memory plan holds two P x P matrices, not three)."""
+    return sum(
+        float(np.sum(np.square(matrix[i : i + block], dtype=np.float64)))
+        for i in range(0, matrix.shape[0], block)
+    )
+
+
 def _shifted_frobenius(matrix, shift) -> float:
     """``||matrix - shift I||_F`` without a P x P temporary."""
-    sq = float(np.sum(np.square(matrix, dtype=np.float64)))
+    sq = _sum_sq(matrix)
     trace = float(np.trace(matrix, dtype=np.float64))
     return math.sqrt(max(0.0, sq - 2 * shift * trace + shift * shift * matrix.shape[0]))
 
@@ -408,7 +417,7 @@ def hessian_error(matrix) -> float:
         i1 = min(n, i0 + block)
         diff = np.asarray(matrix[i0:i1, :], np.float64) - np.asarray(matrix[:, i0:i1], np.float64).T
         asym += float(np.sum(diff * diff))
-    norm = math.sqrt(float(np.sum(np.square(matrix, dtype=np.float64))))
+    norm = math.sqrt(_sum_sq(matrix))
     return math.sqrt(asym) + eps * norm
 
 
@@ -1117,7 +1126,7 @@ def _ldl_records(matrix, error, taus, relative, ritz) -> list[dict] | None:
     eps = float(np.finfo(matrix.dtype).eps)
     # A first guess of the factorisations' backward error (sum_k ||D_k|| ||L_k||^2 is about
     # sum |lambda| <= sqrt(n) ||H||_F without growth), doubled once if a factorisation needs more.
-    norm = math.sqrt(float(np.sum(np.square(matrix, dtype=np.float64))))
+    norm = math.sqrt(_sum_sq(matrix))
     d = error + 2 * n * eps * (1 + math.sqrt(n)) * (norm + abs(theta_min) + abs(theta_max))
     work = np.empty_like(matrix, order="F")
     for _ in range(2):
