@@ -8,7 +8,7 @@ What is measured: at points whose number of eigenvalues below -tau is known exac
 count of ``saddlestudy.hessian_inertia`` with ``method="lanczos"`` (a ladder of
 ``max_matvecs``) and ``method="slq"`` (a ladder of probes x Krylov depth), against that truth,
 as a function of the Hessian-vector products (HVPs) used; at absolute thresholds tau = 1e-5,
-1e-3 and relative ones tau = 1e-3, 1e-2 times lambda_max (shared/SCIENCE.md §6). Per run: the
+1e-3 and relative ones tau = 1e-3, 1e-2 times lambda_max (docs/science.md §6). Per run: the
 certified lower bound, the probabilistic upper bound (failure probability 1e-3), whether the
 method claimed an exact count, SLQ's estimate with its standard error and bias bound, the HVPs
 (the 200 or fewer of the extreme-eigenvalue run included), the resolution, the wall time

@@ -14,7 +14,7 @@
 # # The deep linear autoencoder: found points against the exact ones
 #
 # Frye et al.'s setting (`experiments/linear_autoencoder.toml`): every critical point is known
-# exactly (shared/SCIENCE.md §3), so each point a finder returns can be checked. Set
+# exactly (docs/science.md §3), so each point a finder returns can be checked. Set
 # `SADDLESTUDY_RESULTS_ROOT` to the results directory of `scripts/reproduce_paper.sh`
 # (default `results`; `results_quick` after `--quick`).
 

@@ -13,7 +13,7 @@ point to the finder's tolerance), ``"gradient_flat"`` (the finder stalled where 
 lies in the Hessian's near-kernel; Frye et al. 2021) and ``"not_converged"``. Aggregates over
 critical points use converged points only and report how many of each status were left out.
 
-Every point is classified by :func:`classify` at a tolerance tau (shared/SCIENCE.md §1, §6): a
+Every point is classified by :func:`classify` at a tolerance tau (docs/science.md §1, §6): a
 **minimum** only when it is certified to have no eigenvalue below ``-tau`` (the stored upper
 bound ``num_negative_hi@tau`` is 0: certain for dense counts, with probability at least
 ``1 - failure_prob`` for matrix-free ones), a **saddle** when at least one is certified
@@ -410,7 +410,7 @@ def spectral_density(eigenvalues: np.ndarray, grid: np.ndarray, sigma: float) ->
 def linear_autoencoder_reference(
     eigenvalues: Sequence[float], p: int, *, zero_tol: float = DEFAULT_ZERO_TOL
 ) -> pd.DataFrame:
-    """Every critical point of the deep linear autoencoder, exactly (shared/SCIENCE.md §3).
+    """Every critical point of the deep linear autoencoder, exactly (docs/science.md §3).
 
     For covariance eigenvalues ``eigenvalues`` (distinct) and hidden width ``p``, one row per
     subset I of eigen-directions with ``|I| <= p``: the point W1 = U_I^T, W2 = U_I (extra rows

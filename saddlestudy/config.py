@@ -45,7 +45,7 @@ batching = "auto"           # "map": starts one by one (each stops when done), "
                             # "auto": map on a CPU, vmap on an accelerator. Several devices:
                             # the starts are split over them, each running its own loops
 
-[spectrum]                  # the Hessian at every point (shared/SCIENCE.md §1, §6)
+[spectrum]                  # the Hessian at every point (docs/science.md §1, §6)
 full_spectrum_max_params = 2000  # up to this P: all P eigenvalues (eigh), stored; exact counts
 method = "auto"             # above it, the counts of saddlestudy.inertia.hessian_inertia:
                             # "auto" (exact "dense" LDL^T while two P x P matrices fit half the

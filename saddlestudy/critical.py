@@ -39,7 +39,7 @@ All methods stop once ``|g|^2 < grad_tol``, after ``max_iters`` iterations, or w
 search, the acceptance of a step and the stopping rule are shared (``_backtrack``,
 ``_make_finder``'s ``step``, ``_status``).
 
-**Gradient-flat test** (Frye et al. 2021, shared/SCIENCE.md §2). At the final point, with g
+**Gradient-flat test** (Frye et al. 2021, docs/science.md §2). At the final point, with g
 the gradient, H the Hessian and p the Newton-MR step (MINRES-QLP on ``H p = -g``):
 ``r = |Hp + g| / (|H|_F |p| + |g|)`` and ``r_H = |H(Hp + g)| / (|H|_F |Hp + g|)``. The point
 is gradient-flat when ``r > 0.9`` (g is not explained by curvature) while ``r_H < 5e-4`` (what
@@ -1163,7 +1163,7 @@ def escape_saddle(
 ) -> SaddleEscape:
     """Steps from a saddle along the eigenvector of the most negative Hessian eigenvalue.
 
-    The lecture's move (shared/SCIENCE.md §1): with ``H u = lambda u``, ``lambda < 0``,
+    The lecture's move (docs/science.md §1): with ``H u = lambda u``, ``lambda < 0``,
     ``L(theta + t u) ~ L(theta) + lambda t^2 / 2 < L(theta)``. The step length is the best of
     the grid ``t = ±max_step * shrink^j``, j < ``num_step_sizes`` (both signs); if the smallest
     eigenvalue is not below ``-zero_tol`` or no grid point lowers the loss, nothing moves.

@@ -7,7 +7,7 @@ eigenpairs (stopping as soon as all k have converged) and ``hessian_trace`` the 
 Every entry point compiles once per ``loss_fn`` object (and shapes): call it again with new
 parameters and nothing is retraced.
 
-Definitions (shared/SCIENCE.md §1): an eigenvalue is negative if ``lambda < -zero_tol``,
+Definitions (docs/science.md §1): an eigenvalue is negative if ``lambda < -zero_tol``,
 positive if ``lambda > zero_tol`` and zero otherwise; ``index = num_negative / P``,
 ``minimum_ratio = num_positive / P`` and ``zero_fraction = num_zero / P``.
 
@@ -102,7 +102,7 @@ TRACE_ESTIMATORS = ("hutchinson", "xtrace")
 EIGENPAIR_WHICH = ("largest", "smallest")
 
 # The zero tolerance of every count unless one is given: |lambda| <= 1e-5 is zero (Frye's
-# thesis; shared/SCIENCE.md §1). The one definition in the package.
+# thesis; docs/science.md §1). The one definition in the package.
 DEFAULT_ZERO_TOL = 1e-5
 # Up to this P a dense Hessian and its eigh are the default (all P eigenvalues: exact counts);
 # above it, matrix-free methods. The study's spectrum.full_spectrum_max_params default and

@@ -293,7 +293,7 @@ def _measure(cfg, cell, arch, loss_fn, result, found, kinds, reached, timings, p
 
 def primary_zero_tol(zero_tols: Sequence[float]) -> float:
     """The tolerance of a row's ``index``, ``minimum_ratio`` and ``counts_exact``: 1e-5 (Frye's
-    choice, shared/SCIENCE.md §1) when the study counts at it, else its largest (warned once)."""
+    choice, docs/science.md §1) when the study counts at it, else its largest (warned once)."""
     primary = study_config.primary_zero_tol(zero_tols)
     if primary == spectrum.DEFAULT_ZERO_TOL:
         return primary

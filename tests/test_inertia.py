@@ -124,7 +124,7 @@ def test_dense_lambda_min_is_the_true_extreme_at_a_saddle(x64):
 
 def autoencoder(n, p):
     """Covariance form of Frye's autoencoder (Sigma = diag(n, ..., 1)): equal to the sample
-    mean of 1/2 |x - W2 W1 x|^2 (shared/SCIENCE.md §3), cheap at thousands of parameters."""
+    mean of 1/2 |x - W2 W1 x|^2 (docs/science.md §3), cheap at thousands of parameters."""
     lam = jnp.arange(n, 0, -1.0, dtype=jnp.float64)
 
     def loss(params):
