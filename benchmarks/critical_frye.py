@@ -90,14 +90,13 @@ VARIANTS = {
 def run_method(loss_fn, starts, method, max_iters, batching):
     """Compile (timed separately, ahead of time) and run one method on all starts."""
     method, options = VARIANTS.get(method, (method, None))
-    cfg = critical._resolve_config(method, 1e-10, max_iters, options, batching)
-    params = critical._prepare(loss_fn, starts, "float64", cfg.grad_tol, batched=True)
-    key = jax.random.key(0)
     t0 = time.perf_counter()
-    compiled = critical._find_batched.lower(loss_fn, cfg, params, key).compile()
+    run = critical.compile_critical_points(
+        loss_fn, starts, method=method, max_iters=max_iters, options=options, batching=batching
+    )
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    out = jax.block_until_ready(compiled(params, key))
+    out = jax.block_until_ready(run())
     return out, compile_s, time.perf_counter() - t0
 
 
@@ -258,14 +257,13 @@ def part2(args):
 
 
 def part2_run(args, loss_fn, config, starts, reached, label, options, low, high, T):
-    cfg = critical._resolve_config("newton_mr", 1e-10, args.max_iters, options, args.batching)
-    params = critical._prepare(loss_fn, starts, "float64", cfg.grad_tol, batched=True)
-    key = jax.random.key(0)
     t0 = time.perf_counter()
-    compiled = critical._find_batched.lower(loss_fn, cfg, params, key).compile()
+    run = critical.compile_critical_points(
+        loss_fn, starts, max_iters=args.max_iters, options=options, batching=args.batching
+    )
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    out = jax.block_until_ready(compiled(params, key))
+    out = jax.block_until_ready(run())
     run_s = time.perf_counter() - t0
     conv = np.asarray(out.converged) & reached
     flat = np.asarray(out.gradient_flat) & reached

@@ -7,10 +7,10 @@
 The problem is the census's (experiments/census.toml): MNIST-1D, 512 training samples (640
 generated, the package's 80/20 split), 40 inputs, tanh MLP of the given depth and width with
 biases, 10 outputs, squared error on one-hot targets (``losses.make_loss_fn(..., loss="mse")``),
-float64. R replicas are initialised as ``sweep._trained`` does (key folded from the study seed,
-the data entry and the architecture) and trained full batch by Adam (lr 0.01) for
-``--train-steps`` steps (census: 2,000), optionally followed by L-BFGS (optax.lbfgs) on the loss
-down to |grad L|^2 <= ``--lbfgs-tol`` (``--start lbfgs``). Trained starts are cached under
+float64. R replicas are initialised as the sweep does (``sweep.replica_init_key``: the key
+folded from the study seed, the data entry and the architecture) and trained full batch by
+Adam (lr 0.01) for ``--train-steps`` steps (census: 2,000), optionally followed by L-BFGS
+(optax.lbfgs) on the loss down to |grad L|^2 <= ``--lbfgs-tol`` (``--start lbfgs``). Trained starts are cached under
 /tmp/finder_study/starts_*.npz.
 
 From the same starts every finder in ``--methods`` (``name:max_iters``) runs, for every
@@ -79,7 +79,7 @@ OUT_DIR = "/tmp/finder_study"
 
 # ----------------------------------------------------------------------------- the problem
 def build_problem(depth: int, width: int, num_samples: int = 640):
-    """Census data, architecture, pytree loss (no L2) and the init key of ``sweep._trained``."""
+    """Census data, architecture, pytree loss (no L2) and the sweep's init key."""
     ds = data.mnist1d(num_samples=num_samples, dtype="float64")
     arch = models.MLPConfig(
         in_features=ds.input_dim, out_features=ds.output_dim, depth=depth, width=width,
@@ -89,7 +89,7 @@ def build_problem(depth: int, width: int, num_samples: int = 640):
     y = jax.nn.one_hot(ds.y, ds.metadata["num_classes"], dtype=jnp.float64)
     loss_fn = losses.make_loss_fn(models.make_apply(arch), x, y, loss="mse")
     entry = {"name": "mnist1d", "num_samples": num_samples}
-    init_key = jax.random.fold_in(jax.random.key(0), sweep._stable_int(entry, repr(arch)))
+    init_key = sweep.replica_init_key(0, entry, arch)
     return arch, x, loss_fn, init_key
 
 

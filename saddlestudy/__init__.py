@@ -11,7 +11,8 @@ Public API, by stage of the pipeline (data -> model -> training -> critical poin
 - training: :class:`TrainConfig`, :func:`train_replicas` -> :class:`TrainResult`.
 - derivatives: :func:`gradient`, :func:`grad_norm_sq`, :func:`hvp`, :func:`dense_hessian`.
 - critical points: :func:`find_critical_point`, :func:`find_critical_points` (with
-  :class:`FinderOptions`) -> :class:`CriticalPoint`; :func:`gradient_flat_test` ->
+  :class:`FinderOptions`) -> :class:`CriticalPoint`, :func:`compile_critical_points` (the
+  same compiled ahead of time); :func:`gradient_flat_test` ->
   :class:`GradientFlatTest`; :func:`escape_saddle` -> :class:`SaddleEscape`.
 - spectrum: :func:`hessian_spectrum`, :func:`hessian_spectra` -> :class:`Spectrum`;
   :func:`hessian_eigenpairs` -> :class:`Eigenpairs`; :func:`hessian_trace` ->
@@ -33,6 +34,7 @@ from saddlestudy.critical import (
     FinderOptions,
     GradientFlatTest,
     SaddleEscape,
+    compile_critical_points,
     escape_saddle,
     find_critical_point,
     find_critical_points,
@@ -88,6 +90,7 @@ __all__ = [
     "TraceEstimate",
     "TrainConfig",
     "TrainResult",
+    "compile_critical_points",
     "dense_hessian",
     "escape_saddle",
     "find_critical_point",

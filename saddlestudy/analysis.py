@@ -461,7 +461,7 @@ def linear_autoencoder_reference(
 
 def exact_reference(df: pd.DataFrame, *, zero_tol: float = DEFAULT_ZERO_TOL) -> pd.DataFrame | None:
     """:func:`linear_autoencoder_reference` for a study's rows when the study is the deep
-    linear autoencoder of SCIENCE.md §3 (identity, depth 1, no biases, half MSE, one P),
+    linear autoencoder of docs/science.md §3 (identity, depth 1, no biases, half MSE, one P),
     with the dataset's own n and eigenvalues; else None."""
     needed = {"dataset", "activation", "depth", "num_params", "loss_name", "data_args", "width"}
     if df.empty or not needed <= set(df.columns):
@@ -478,7 +478,7 @@ def exact_reference(df: pd.DataFrame, *, zero_tol: float = DEFAULT_ZERO_TOL) -> 
     args = json.loads(first["data_args"])
     n = int(args.get("n", 16))
     p = int(first["width"])
-    if first["num_params"] != 2 * n * p:  # biases: not the autoencoder of SCIENCE.md §3
+    if first["num_params"] != 2 * n * p:  # biases: not the autoencoder of docs/science.md §3
         return None
     eigenvalues = args.get("eigenvalues") or list(range(1, n + 1))
     return linear_autoencoder_reference(eigenvalues, p, zero_tol=zero_tol)

@@ -986,6 +986,32 @@ def find_critical_points(
     return jax.device_put(_devices.merge(jax.device_get(found), num_starts), devices[0])
 
 
+def compile_critical_points(
+    loss_fn: LossFn,
+    params_R: Params,
+    *,
+    method: str = "newton_mr",
+    grad_tol: float = 1e-10,
+    max_iters: int | None = None,
+    options: FinderOptions | None = None,
+    dtype: Any = "float64",
+    key: jax.Array | None = None,
+    batching: str | int = "vmap",
+) -> Callable[[], CriticalPoint]:
+    """:func:`find_critical_points` on one device, compiled ahead of time.
+
+    Takes the arguments of :func:`find_critical_points` (without ``devices``) and returns a
+    function of no arguments that runs the compiled program on these starts: what benchmarks
+    need to time compilation and the run apart. Raises what :func:`find_critical_points`
+    raises, before compiling.
+    """
+    cfg = _resolve_config(method, grad_tol, max_iters, options, batching)
+    params_R = _prepare(loss_fn, params_R, dtype, cfg.grad_tol, batched=True)
+    key = jax.random.key(0) if key is None else key
+    compiled = _find_batched.lower(loss_fn, cfg, params_R, key, 0).compile()
+    return functools.partial(compiled, params_R, key, 0)
+
+
 def find_critical_point(
     loss_fn: LossFn,
     params: Params,

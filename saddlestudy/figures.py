@@ -99,7 +99,7 @@ def loss_surface_figure(
         ax.set_title(title)
     ax.legend(loc="lower left", fontsize=8, framealpha=0.85)
     if footer:
-        fig.text(0.01, 0.005, footer, ha="left", va="bottom", fontsize=6, color="0.4")
+        _bottom_note(fig, footer)
     return fig
 
 
@@ -111,10 +111,16 @@ _STATUS_STYLE = {
 }
 
 
-def _footer(fig, df) -> None:
+def _bottom_note(fig, text: str) -> None:
+    """Small grey text under every axis: as the figure's ``supxlabel``, the constrained layout
+    keeps room for it (a plain ``fig.text`` there overlapped the bottom-left x-axis label)."""
+    fig.supxlabel(text, x=0.01, ha="left", fontsize=6, color="0.4")
+
+
+def _footer(fig, df, note: str = "") -> None:
     study = ", ".join(sorted(set(df["study"]))) if "study" in df else "?"
     hashes = ", ".join(sorted(set(df["config_hash"]))) if "config_hash" in df else "?"
-    fig.text(0.01, 0.005, f"study {study} · config {hashes}", fontsize=6, color="0.4")
+    _bottom_note(fig, f"study {study} · config {hashes}" + (f" · {note}" if note else ""))
 
 
 def _status_legend(ax, colors=None) -> None:
@@ -362,12 +368,10 @@ def spectral_density_figure(
     ax.set_xlabel("Hessian eigenvalue λ")
     ax.set_ylabel(f"density (Gaussian smoothing σ = {sigma:.2g})")
     left_out = sorted(set(df["num_params"]) - set(drawn["num_params"]))
-    if left_out:
-        note = "no full spectrum or density stored: P = " + ", ".join(map(str, left_out))
-        fig.text(0.99, 0.005, note, ha="right", fontsize=6, color="0.4")
+    note = "no full spectrum or density stored: P = " + ", ".join(map(str, left_out))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
-    _footer(fig, df)
+    _footer(fig, df, note if left_out else "")
     return fig
 
 

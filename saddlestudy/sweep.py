@@ -106,11 +106,11 @@ def _loss_fn(dtype: str, entry_json: str, arch: models.MLPConfig, loss: str, l2:
     # one compiled finder / spectrum program (jit caches are keyed on the function).
     ds = _dataset(dtype, entry_json)
     x = jnp.asarray(ds.x)
-    y = _targets(ds, loss)
+    y = loss_targets(ds, loss)
     return losses.make_loss_fn(models.make_apply(arch), x, y, loss=loss, l2=l2)
 
 
-def _targets(ds: data.Dataset, loss: str) -> jax.Array:
+def loss_targets(ds: data.Dataset, loss: str) -> jax.Array:
     """The targets the loss takes: squared errors on a classification dataset compare the
     outputs with one-hot labels (Frye et al. 2021's MLP setting; the lecture's networks)."""
     if ds.task == "classification" and loss != "cross_entropy":
@@ -120,6 +120,13 @@ def _targets(ds: data.Dataset, loss: str) -> jax.Array:
 
 def _stable_int(*parts) -> int:
     return int(hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:8], 16)
+
+
+def replica_init_key(seed: int, data_entry: dict, arch: models.MLPConfig) -> jax.Array:
+    """The key of a cell's initial replicas: from the study seed, the ``[[data]]`` entry and
+    the architecture only, so every optimizer and finder of an architecture starts from the
+    same replicas (a fair comparison)."""
+    return jax.random.fold_in(jax.random.key(seed), _stable_int(data_entry, repr(arch)))
 
 
 @contextlib.contextmanager
@@ -239,11 +246,7 @@ def _trained(cfg, cell, ds, arch, loss_fn, train_cfg) -> tuple[train.TrainResult
         return _LAST_TRAINING["result"], True
     _LAST_TRAINING.clear()
     optim.make_optimizer(name, **hparams)  # checks the concrete values (the traced ones can't be)
-    # The same initial replicas for every optimizer and finder of an architecture: a fair
-    # comparison; the key depends only on the study seed, the data and the architecture.
-    init_key = jax.random.fold_in(
-        jax.random.key(cfg["study"]["seed"]), _stable_int(cell["data"], repr(arch))
-    )
+    init_key = replica_init_key(cfg["study"]["seed"], cell["data"], arch)
     params_R = models.init_replicas(arch, init_key, cell["train"]["replicas"], dtype)
     factory = optim.OptimizerFactory(name)
     if train_cfg.batch_size is None:
@@ -252,7 +255,7 @@ def _trained(cfg, cell, ds, arch, loss_fn, train_cfg) -> tuple[train.TrainResult
         batch_loss = losses.make_batch_loss_fn(
             models.make_apply(arch), loss=cell["loss"], l2=float(cell["l2"])
         )
-        xy = (jnp.asarray(ds.x), _targets(ds, cell["loss"]))
+        xy = (jnp.asarray(ds.x), loss_targets(ds, cell["loss"]))
         result = train.train_replicas(
             batch_loss, params_R, factory, train_cfg, data=xy,
             key=jax.random.fold_in(init_key, 1), hyperparams=hparams,
@@ -586,7 +589,9 @@ def _column_type(name: str) -> pa.DataType | None:
         return pa.int64()
     if name.split("@")[0] in ("index_estimate", "index_sem", "index_bias_bound", "tau"):
         return pa.float64()
-    if name in ("index", "minimum_ratio"):
+    if name in ("index", "minimum_ratio", "start_loss_level"):
+        # start_loss_level: also where the TOML wrote a level as an integer (an int64 part
+        # would not concatenate with the double parts of other cells).
         return pa.float64()
     return None
 

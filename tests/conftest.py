@@ -1,12 +1,52 @@
-"""Strict numerics for every test, and an x64 switch that always restores the setting."""
+"""Fixtures for every test: strict numerics, fresh compilation caches per module, float64
+switches that always restore the setting, and small finished studies shared by the tests that
+read one. Plain helpers are in ``helpers.py``."""
 
-import contextlib
+import fcntl
+import os
+import subprocess
+import sys
+from pathlib import Path
 
-import jax
-import pytest
-from jax._src import monitoring
+# The suite is compile-bound (most of its programs run for milliseconds): LLVM's backend
+# optimisation is switched off for it (XLA's own graph passes still run), which takes about a
+# quarter off its time. Set before JAX starts; subprocesses of the tests inherit it.
+# Results can differ from an optimised build in the last bits; no test compares across the two.
+os.environ["XLA_FLAGS"] = " ".join(
+    filter(None, [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"])
+)
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+from helpers import tiny_study_toml, x64_mode  # noqa: E402
+
+from saddlestudy.sweep import enable_compilation_cache  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# The persistent compilation cache, as in a sweep: a second run of the suite reads its
+# programs instead of compiling them (the first run from a fresh clone compiles them all).
+# Every program, however quick to compile: the tests compile hundreds of small ones.
+enable_compilation_cache()
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+# Fixtures that run a whole study: a test that uses one is end to end.
+_E2E_FIXTURES = ("tiny_study", "paper_quick")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that use a finished study are marked ``e2e``. Tests marked ``slow`` run only when
+    the ``-m`` expression names them (``-m slow``), so that ``-m "not e2e"`` does not bring
+    them back."""
+    for item in items:
+        if any(name in getattr(item, "fixturenames", ()) for name in _E2E_FIXTURES):
+            item.add_marker(pytest.mark.e2e)
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -22,44 +62,38 @@ def _fresh_jit_caches():
 @pytest.fixture
 def x64():
     """Run a test in float64; the previous setting is restored afterwards."""
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
+    with x64_mode(True):
         yield
-    finally:
-        jax.config.update("jax_enable_x64", previous)
 
 
-def tiny_study_toml(name: str = "default", widths: str = "[2, 3]", seed: int = 0) -> str:
-    """A small study: digits (PCA 4, 64 samples), width grid ``widths``, 40 iRprop- steps.
+@pytest.fixture
+def x32():
+    """Run a test with float64 off (what a caller who never enabled it has)."""
+    with x64_mode(False):
+        yield
 
-    Shared by the session's finished study below and by the sweep tests (``from conftest
-    import tiny_study_toml``).
-    """
-    return f"""
-[study]
-name = "{name}"
-seed = {seed}
-[[data]]
-name = "digits"
-pca_dim = 4
-num_samples = 64
-[model]
-depth = [1]
-width = {widths}
-activation = ["tanh"]
-[[optimizer]]
-name = "irprop-"
-learning_rate = 0.01
-[train]
-num_steps = 40
-record_every = 20
-replicas = 2
-snapshot_steps = [20]
-[finder]
-method = ["newton_mr"]
-max_iters = 20
-"""
+
+@pytest.fixture
+def restore_x64():
+    """Leave the float64 setting as the test found it, whatever the test does with it."""
+    with x64_mode(None):
+        yield
+
+
+def _once(tmp_path_factory, name: str, make):
+    """``make(directory)`` run once per test session, also when pytest-xdist runs several
+    worker processes: the first worker to get here builds it under a lock in the directory
+    the workers share, the others wait and reuse it."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    directory, done = shared / name, shared / f"{name}.done"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            directory.mkdir(exist_ok=True)
+            make(directory)
+            done.touch()
+    return directory
 
 
 @pytest.fixture(scope="session")
@@ -67,51 +101,31 @@ def tiny_study(tmp_path_factory):
     """A small finished study at ``<root>/results/default``, shared by the tests that read one."""
     from saddlestudy import config, sweep
 
-    previous = jax.config.jax_enable_x64
-    root = tmp_path_factory.mktemp("study")
-    path = root / "tiny.toml"
-    path.write_text(tiny_study_toml())
-    try:
-        return sweep.run_study(config.load(path), root / "results", quiet=True)
-    finally:
-        jax.config.update("jax_enable_x64", previous)
+    def make(root):
+        path = root / "tiny.toml"
+        path.write_text(tiny_study_toml())
+        with x64_mode(None):
+            sweep.run_study(config.load(path), root / "results", quiet=True)
+
+    return _once(tmp_path_factory, "study", make) / "results" / "default"
 
 
 @pytest.fixture(scope="session")
 def paper_quick(tmp_path_factory):
     """``scripts/reproduce_paper.sh --quick`` run once: ``(results_dir, figures_dir, log)``."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = tmp_path_factory.mktemp("paper")
-    results, figures = root / "results_quick", root / "figures_quick"
     script = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_paper.sh"
-    run = subprocess.run(
-        ["bash", str(script), "--quick", "--out", str(results), "--figures", str(figures)],
-        env={**os.environ, "PYTHON": sys.executable},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    return results, figures, run.stdout
 
+    def make(root):
+        run = subprocess.run(
+            ["bash", str(script), "--quick", "--out", str(root / "results_quick"),
+             "--figures", str(root / "figures_quick")],
+            env={**os.environ, "PYTHON": sys.executable},
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )  # fmt: skip
+        (root / "log.txt").write_text(run.stdout)
+        assert run.returncode == 0, run.stderr[-3000:]
 
-@contextlib.contextmanager
-def count_compilations():
-    """A list that gets one entry per program JAX lowers to MLIR (each compilation, also one
-    the persistent cache then serves) while the block runs."""
-    lowered = []
-
-    def listen(event, *_, **__):
-        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
-            lowered.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        yield lowered
-    finally:
-        # jax.monitoring has no public unregister.
-        monitoring.unregister_event_duration_listener(listen)
+    root = _once(tmp_path_factory, "paper", make)
+    return root / "results_quick", root / "figures_quick", (root / "log.txt").read_text()

@@ -259,3 +259,21 @@ def test_census_figure_reads_relative_tolerances_named_with_more_than_one_digit(
     fig = figures.census_figure(df, relative_tol=figures._study_relative_tol(df))
     assert any("0.0015·λmax" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
     figures.save_figure(fig, tmp_path / "r", ("png",))
+
+
+def test_the_footer_overlaps_no_label(tmp_path):
+    """The provenance footer sits below every axis label once drawn (it used to be placed at
+    a fixed spot that the bottom-left x-axis label of the census figures ran into)."""
+    df = pd.concat([rows(100, [0, 1, 2]), rows(1000, [3, 4], depth=2),
+                    rows(1000, [5, 6], kind="loss", level=0.5)])  # fmt: skip
+    df["study"], df["config_hash"] = "census", "85c817bca4c0355a"
+    for fig in (figures.census_figure(df), figures.matched_loss_figure(df)):
+        fig.savefig(tmp_path / "f.png")  # runs the layout
+        renderer = fig.canvas.get_renderer()
+        (footer,) = [t for t in fig.texts if t.get_text().startswith("study census")]
+        box = footer.get_window_extent(renderer)
+        labels = [ax.xaxis.label for ax in fig.axes] + [
+            t for ax in fig.axes for t in ax.get_xticklabels()]  # fmt: skip
+        for label in labels:
+            if label.get_text():
+                assert not box.overlaps(label.get_window_extent(renderer)), label.get_text()

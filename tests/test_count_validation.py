@@ -3,29 +3,16 @@ the analytic autoencoder count against the dense one, and the matrix-free bounds
 claims against the truth."""
 
 import dataclasses
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
+from helpers import x64_mode
 
+from benchmarks import count_validation as cv
 from saddlestudy.hessian import dense_hessian
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "count_validation.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("count_validation", PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-cv = _load_script()
+pytestmark = pytest.mark.e2e  # benchmarks/count_validation.py at a small plan
 
 # The quick plan cut to n = 16 (P = 128): two analytic points (3 and 64 negatives), one
 # budget per method, no Newton-MR points (their compilation alone would double the time).
@@ -42,12 +29,8 @@ PLAN = dataclasses.replace(
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     out = tmp_path_factory.mktemp("count_validation") / "records.jsonl"
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
+    with x64_mode(True):
         recs = cv.run_validation(PLAN, out, log=lambda s: None)
-    finally:
-        jax.config.update("jax_enable_x64", previous)
     assert cv.load_records(out) == recs  # the JSON lines hold everything the figure needs
     return recs
 

@@ -152,15 +152,10 @@ def test_float32_with_a_tolerance_float32_cannot_resolve_is_refused(x64):
         find_critical_point(lecture_loss(), start, dtype="float32", grad_tol=1e-8)
 
 
-def test_float64_without_x64_mode_is_refused():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", False)
-    try:
-        start = select(lecture_points([(0.1, -0.05)], jnp.float32), 0)
-        with pytest.raises(ValueError, match="x64"):
-            find_critical_point(lecture_loss(), start)
-    finally:
-        jax.config.update("jax_enable_x64", previous)
+def test_float64_without_x64_mode_is_refused(x32):
+    start = select(lecture_points([(0.1, -0.05)], jnp.float32), 0)
+    with pytest.raises(ValueError, match="x64"):
+        find_critical_point(lecture_loss(), start)
 
 
 def test_batched_call_compiles_once_and_map_equals_vmap(x64):
@@ -174,6 +169,21 @@ def test_batched_call_compiles_once_and_map_equals_vmap(x64):
     mapped = critical.find_critical_points(lecture_loss(), starts, batching="map")
     np.testing.assert_allclose(w1w2(mapped), w1w2(first), rtol=0, atol=1e-14)
     np.testing.assert_array_equal(mapped.iterations, first.iterations)
+
+
+def test_compiled_ahead_of_time_finds_the_lecture_points_and_refuses_bad_input_first(x64):
+    """compile_critical_points: the lecture's critical points (the saddle at the origin, minima
+    on w1*w2 = 1), each call of the compiled program the same answer, and a bad method
+    refused before anything compiles."""
+    starts = lecture_points([(0.1, -0.05), (2.0, 1.0), (0.3, 0.2)])
+    run = critical.compile_critical_points(lecture_loss(), starts, batching="map")
+    first, again = run(), run()
+    assert np.all(np.asarray(first.converged))
+    product = np.prod(w1w2(first), axis=1)
+    np.testing.assert_allclose(product, [0.0, 1.0, 0.0], atol=1e-6)  # saddle, minimum, saddle
+    np.testing.assert_array_equal(w1w2(again), w1w2(first))
+    with pytest.raises(ValueError, match="method"):
+        critical.compile_critical_points(lecture_loss(), starts, method="newton")
 
 
 def test_hybrid_batching_equals_map_and_vmap(x64):

@@ -10,7 +10,9 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import tiny_study_toml
+from helpers import tiny_study_toml
+
+pytestmark = pytest.mark.e2e  # 8 fake devices in subprocesses
 
 FINDER_AND_COUNTS = textwrap.dedent(
     """

@@ -34,6 +34,7 @@ def fake_study(root, seed=0):
     return st.dir
 
 
+@pytest.mark.e2e  # every figure of a study, through the command line
 def test_study_figures_are_written_and_deterministic(tmp_path):
     directory = fake_study(tmp_path / "results")
     assert figures.main([str(directory), "--out", str(tmp_path / "a")]) == 0
@@ -69,6 +70,7 @@ def test_unknown_format_is_refused(tmp_path):
         figures.save_figure(plt.figure(), tmp_path / "x", formats=("bmp",))
 
 
+@pytest.mark.e2e  # every figure of a study, through the command line
 def test_cutoffs_come_from_the_study_config_unless_given(tmp_path, monkeypatch, capsys):
     directory = fake_study(tmp_path / "results")
     assert figures.study_cutoffs(directory) == figures.DEFAULT_CUTOFFS  # no [figures] table

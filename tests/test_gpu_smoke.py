@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # benchmarks/gpu_smoke.py --quick in a subprocess
+
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu_smoke.py"
 SECTIONS = ("versions", "while_loop", "train", "finder", "sweep", "dense_inertia")
 

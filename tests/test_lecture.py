@@ -13,6 +13,8 @@ import pytest
 import saddlestudy
 from saddlestudy import data, losses, models
 
+pytestmark = pytest.mark.e2e  # scripts/lecture_example.py in a subprocess
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

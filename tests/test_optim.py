@@ -14,7 +14,7 @@ import pytest
 from saddlestudy import optim
 
 FIXTURE = Path(__file__).parent / "fixtures" / "rprop_torch_trajectory.npz"
-TORCH_GRADS = (1.0, 1.0, 1.0, -1.0, 1.0)  # SCIENCE.md §4, lr 0.1
+TORCH_GRADS = (1.0, 1.0, 1.0, -1.0, 1.0)  # docs/science.md §4, lr 0.1
 TORCH_STEPS = (-0.1, -0.12, -0.144, 0.0, -0.072)
 # Relative tolerance for a few float operations in each dtype.
 RTOL = {jnp.dtype("float32"): 1e-6, jnp.dtype("float64"): 1e-12}

@@ -3,7 +3,10 @@
 import re
 from pathlib import Path
 
-import jax
+import pytest
+from helpers import x64_mode
+
+pytestmark = pytest.mark.e2e  # README's code on a finished study
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -12,20 +15,17 @@ def test_readme_python_blocks_run(tiny_study, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert len(blocks) >= 2, "README.md lost its python examples"
     monkeypatch.chdir(tiny_study.parents[1])  # README reads results/default
-    previous = jax.config.jax_enable_x64
     namespace: dict = {}
-    try:
+    with x64_mode(None):  # the first block switches float64 on
         for block in blocks:
             exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
-        assert namespace["table"].num_rows == len(namespace["df"]) > 0
-        spectrum = namespace["spectrum"]
-        assert spectrum.num_params == namespace["config"].num_params
-        assert (
-            int(spectrum.num_negative + spectrum.num_zero + spectrum.num_positive)
-            == spectrum.num_params
-        )
-    finally:
-        jax.config.update("jax_enable_x64", previous)
+    assert namespace["table"].num_rows == len(namespace["df"]) > 0
+    spectrum = namespace["spectrum"]
+    assert spectrum.num_params == namespace["config"].num_params
+    assert (
+        int(spectrum.num_negative + spectrum.num_zero + spectrum.num_positive)
+        == spectrum.num_params
+    )
 
 
 def test_readme_names_the_fields_the_result_types_have():

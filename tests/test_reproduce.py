@@ -5,6 +5,8 @@ import pytest
 
 from saddlestudy import analysis, config
 
+pytestmark = pytest.mark.e2e  # scripts/reproduce_paper.sh --quick
+
 STUDIES = ["linear_autoencoder", "index_vs_loss", "minimum_ratio", "scaling", "optimizers"]
 FIGURES = ["index_vs_loss", "index_vs_loss_cutoffs", "scaling", "minimum_ratio", "spectral_density"]
 
@@ -69,13 +71,8 @@ def test_spectral_density_without_converged_points_uses_end_points(paper_quick):
 
 
 def test_summarize_results_prints_every_study(paper_quick, capsys, tmp_path):
-    import importlib.util
-    from pathlib import Path
+    from scripts import summarize_results as module
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "summarize_results.py"
-    spec = importlib.util.spec_from_file_location("summarize_results", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     results, _, _ = paper_quick
     assert module.main([str(results)]) == 0
     out = capsys.readouterr().out

@@ -104,7 +104,7 @@ def autoencoder_problem(n=6, p=2, num_samples=200):
 
 
 def autoencoder_critical_point(subset, n=6, p=2):
-    """W2 W1 = projection on the eigenvectors in ``subset`` (SCIENCE.md §3)."""
+    """W2 W1 = projection on the eigenvectors in ``subset`` (docs/science.md §3)."""
     _, _, U = autoencoder_problem(n, p)
     W1 = np.zeros((p, n))  # rows beyond |I| stay zero (|I| < p)
     W1[: len(subset)] = U[:, list(subset)].T
@@ -254,7 +254,7 @@ def test_lecture_saddle_and_its_escape_direction(x64, method):
 
 
 # ---------------------------------------------------------------------------------------------
-# Deep linear autoencoder (SCIENCE.md §3): exact critical points
+# Deep linear autoencoder (docs/science.md §3): exact critical points
 # ---------------------------------------------------------------------------------------------
 
 AUTOENCODER_SUBSETS = [s for r in range(3) for s in itertools.combinations(range(6), r)]

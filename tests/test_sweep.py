@@ -9,10 +9,12 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import tiny_study_toml
+from helpers import tiny_study_toml
 
 from saddlestudy import analysis, config, inertia, store, sweep
 from saddlestudy.hessian import dense_hessian
+
+pytestmark = pytest.mark.e2e  # whole studies through run_study and the command line, Ray
 
 # Timings, and whether a cell reused the previous cell's training (depends on what ran before).
 TIMING = {"train_seconds", "finder_seconds", "spectrum_seconds", "train_reused"}
@@ -36,15 +38,6 @@ def comparable_rows(rows):
 
     rows = [{k: same(v) for k, v in r.items() if k not in TIMING} for r in rows]
     return sorted(rows, key=lambda r: r["row_id"])
-
-
-@pytest.fixture
-def restore_x64():
-    import jax
-
-    previous = jax.config.jax_enable_x64
-    yield
-    jax.config.update("jax_enable_x64", previous)
 
 
 def test_study_writes_one_row_per_point_with_provenance(tmp_path, restore_x64, capsys):
@@ -385,12 +378,11 @@ def _study(tmp_path, name, *, data="", finder="newton_mr", **overrides):
     return config.load(path, overrides=overrides)
 
 
-def test_random_labels_study_leaves_x64_as_the_caller_set_it(tmp_path, restore_x64):
+def test_random_labels_study_leaves_x64_as_the_caller_set_it(tmp_path, x32):
     import jax
 
     from saddlestudy import data
 
-    jax.config.update("jax_enable_x64", False)
     cfg = _study(tmp_path, "shuffled", data="random_labels = 1", finder="none")
     directory = sweep.run_study(cfg, tmp_path, quiet=True)
     assert jax.config.jax_enable_x64 is False  # as the caller set it
@@ -536,13 +528,12 @@ def test_model_tables_give_each_cell_its_own_replicas_and_starts(tmp_path, resto
     assert {p: p.stat().st_mtime_ns for p in (out / "mt").rglob("*.parquet")} == before
 
 
-def test_float32_study_polishes_in_float64_and_records_it(tmp_path, restore_x64, monkeypatch):
+def test_float32_study_polishes_in_float64_and_records_it(tmp_path, x32, monkeypatch):
     # study.dtype = "float32" with Newton-MR: trained and found in float32, polished and
     # counted in float64 on a device that has it; without float64 (a TPU) the rows say the
     # classification is float32 at the float32 tolerance, and a float64 study is refused.
     import jax
 
-    jax.config.update("jax_enable_x64", False)
     path = tmp_path / "f32.toml"
     path.write_text(
         tiny_study_toml("f32", "[3]", seed=3).replace("seed = 3", 'seed = 3\ndtype = "float32"')
@@ -582,7 +573,7 @@ def test_ray_tasks_without_a_gpu_run_jax_on_the_cpu_and_shares_cap_memory():
 
 
 def test_a_learning_rate_grid_compiles_once_and_finders_reuse_the_training(tmp_path, restore_x64):
-    from conftest import count_compilations
+    from helpers import count_compilations
 
     text = (
         tiny_study_toml("lrgrid", "[2]", seed=5)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import count_compilations
+from helpers import count_compilations
 
 from saddlestudy import losses, models, train
 from saddlestudy.train import TrainConfig
@@ -196,6 +196,7 @@ def run_script(devices, replicas=8):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.e2e  # fake devices in a subprocess
 def test_sharded_over_four_cpu_devices_equals_single_device():
     one, four = run_script(1), run_script(4)
     assert one["devices"] == 1 and four["devices"] == 4 and four["shards"] == 4
@@ -204,6 +205,7 @@ def test_sharded_over_four_cpu_devices_equals_single_device():
     )  # float32; XLA may fuse differently
 
 
+@pytest.mark.e2e  # fake devices in a subprocess
 def test_any_replica_count_on_eight_devices_equals_one_device():
     # 3 replicas on 8 devices: padded to 8, trained sharded, the padding dropped.
     one, eight = run_script(1, replicas=3), run_script(8, replicas=3)

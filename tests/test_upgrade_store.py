@@ -11,8 +11,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from saddlestudy import store
+
+pytestmark = pytest.mark.e2e  # scripts/upgrade_store.py on a finished study
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "upgrade_store.py"
 NEW = ["lambda_min_lo", "lambda_min_hi", "lambda_max_lo", "lambda_max_hi", "ritz_min",
