@@ -10,8 +10,8 @@ biases, 10 outputs, squared error on one-hot targets (``losses.make_loss_fn(...,
 float64. R replicas are initialised as the sweep does (``sweep.replica_init_key``: the key
 folded from the study seed, the data entry and the architecture) and trained full batch by
 Adam (lr 0.01) for ``--train-steps`` steps (census: 2,000), optionally followed by L-BFGS
-(optax.lbfgs) on the loss down to |grad L|^2 <= ``--lbfgs-tol`` (``--start lbfgs``). Trained starts are cached under
-/tmp/finder_study/starts_*.npz.
+(optax.lbfgs) on the loss down to |grad L|^2 <= ``--lbfgs-tol`` (``--start lbfgs``). Trained
+starts are cached under /tmp/finder_study/starts_*.npz.
 
 From the same starts every finder in ``--methods`` (``name:max_iters``) runs, for every
 ``--l2`` (the loss then is ``L + l2 |theta|^2``, so the Hessian shifts by ``2 l2`` and critical
