@@ -32,6 +32,18 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 # Fixtures that run a whole study: a test that uses one is end to end.
 _E2E_FIXTURES = ("tiny_study", "paper_quick")
+# The longest modules start first, so that with several workers none is left running alone at
+# the end (the quick paper reproduction behind test_reproduce takes minutes); the notebooks,
+# which wait for that reproduction, come last.
+_FIRST = ("test_reproduce", "test_sweep", "test_inertia", "test_devices", "test_critical")
+_LAST = ("test_notebooks",)
+
+
+def _module_rank(item) -> int:
+    name = item.path.stem
+    if name in _FIRST:
+        return _FIRST.index(name) - len(_FIRST)
+    return 1 if name in _LAST else 0
 
 
 def pytest_collection_modifyitems(config, items):
@@ -41,6 +53,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if any(name in getattr(item, "fixturenames", ()) for name in _E2E_FIXTURES):
             item.add_marker(pytest.mark.e2e)
+    items.sort(key=_module_rank)  # stable: the order within a module is kept
     if "slow" in (config.getoption("markexpr") or ""):
         return
     slow = [item for item in items if item.get_closest_marker("slow")]
