@@ -4,8 +4,10 @@ read one. Plain helpers are in ``helpers.py``."""
 
 import fcntl
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 # The suite is compile-bound (most of its programs run for milliseconds): LLVM's backend
@@ -32,18 +34,6 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 # Fixtures that run a whole study: a test that uses one is end to end.
 _E2E_FIXTURES = ("tiny_study", "paper_quick")
-# The longest modules start first, so that with several workers none is left running alone at
-# the end (the quick paper reproduction behind test_reproduce takes minutes); the notebooks,
-# which wait for that reproduction, come last.
-_FIRST = ("test_reproduce", "test_sweep", "test_inertia", "test_devices", "test_critical")
-_LAST = ("test_notebooks",)
-
-
-def _module_rank(item) -> int:
-    name = item.path.stem
-    if name in _FIRST:
-        return _FIRST.index(name) - len(_FIRST)
-    return 1 if name in _LAST else 0
 
 
 def pytest_collection_modifyitems(config, items):
@@ -53,7 +43,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if any(name in getattr(item, "fixturenames", ()) for name in _E2E_FIXTURES):
             item.add_marker(pytest.mark.e2e)
-    items.sort(key=_module_rank)  # stable: the order within a module is kept
     if "slow" in (config.getoption("markexpr") or ""):
         return
     slow = [item for item in items if item.get_closest_marker("slow")]
@@ -97,8 +86,7 @@ def _once(tmp_path_factory, name: str, make):
     """``make(directory)`` run once per test session, also when pytest-xdist runs several
     worker processes: the first worker to get here builds it under a lock in the directory
     the workers share, the others wait and reuse it."""
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    shared = _shared_dir(tmp_path_factory)
     directory, done = shared / name, shared / f"{name}.done"
     with open(shared / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -123,22 +111,52 @@ def tiny_study(tmp_path_factory):
     return _once(tmp_path_factory, "study", make) / "results" / "default"
 
 
+def _shared_dir(tmp_path_factory) -> Path:
+    """The temporary directory every worker process of this session sees."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+_PAPER_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_paper.sh"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _paper_in_background(request, tmp_path_factory):
+    """Starts ``scripts/reproduce_paper.sh --quick`` when the session begins, if a selected
+    test needs it, so that its minutes overlap the other tests (pytest-xdist schedules the
+    modules with the most tests first, which would leave it running alone at the end). One
+    worker starts it; ``paper_quick`` waits for it."""
+    if os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0" or not any(
+        "paper_quick" in getattr(item, "fixturenames", ()) for item in request.session.items
+    ):
+        yield
+        return
+    root = _shared_dir(tmp_path_factory) / "paper"
+    root.mkdir(exist_ok=True)
+    command = (
+        f'bash "{_PAPER_SCRIPT}" --quick --out "{root}/results_quick" '
+        f'--figures "{root}/figures_quick" > "{root}/log.txt" 2> "{root}/err.txt"; '
+        f'echo $? > "{root}/rc.tmp" && mv "{root}/rc.tmp" "{root}/rc"'
+    )
+    process = subprocess.Popen(
+        ["bash", "-c", command],
+        env={**os.environ, "PYTHON": sys.executable},
+        start_new_session=True,  # its own process group: stopped with all its children
+    )
+    yield
+    if process.poll() is None:  # the session ended first (-x, an interrupt): stop it
+        os.killpg(process.pid, signal.SIGTERM)
+    process.wait()
+
+
 @pytest.fixture(scope="session")
 def paper_quick(tmp_path_factory):
-    """``scripts/reproduce_paper.sh --quick`` run once: ``(results_dir, figures_dir, log)``."""
-    script = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_paper.sh"
-
-    def make(root):
-        run = subprocess.run(
-            ["bash", str(script), "--quick", "--out", str(root / "results_quick"),
-             "--figures", str(root / "figures_quick")],
-            env={**os.environ, "PYTHON": sys.executable},
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )  # fmt: skip
-        (root / "log.txt").write_text(run.stdout)
-        assert run.returncode == 0, run.stderr[-3000:]
-
-    root = _once(tmp_path_factory, "paper", make)
+    """``scripts/reproduce_paper.sh --quick``, run once in the background from the start of
+    the session: ``(results_dir, figures_dir, log)`` once it has finished."""
+    root = _shared_dir(tmp_path_factory) / "paper"
+    rc, deadline = root / "rc", time.monotonic() + 900
+    while not rc.exists():
+        assert time.monotonic() < deadline, "reproduce_paper.sh --quick took over 15 minutes"
+        time.sleep(1.0)
+    assert rc.read_text().strip() == "0", (root / "err.txt").read_text()[-3000:]
     return root / "results_quick", root / "figures_quick", (root / "log.txt").read_text()
