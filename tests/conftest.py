@@ -12,11 +12,19 @@ from pathlib import Path
 
 # The suite is compile-bound (most of its programs run for milliseconds): LLVM's backend
 # optimisation is switched off for it (XLA's own graph passes still run), which takes about a
-# quarter off its time. Set before JAX starts; subprocesses of the tests inherit it.
+# quarter off its time. Set before JAX starts; subprocesses of the tests inherit it; an
+# ``--xla_backend_optimization_level`` already in XLA_FLAGS is left as it is.
 # Results can differ from an optimised build in the last bits; no test compares across the two.
-os.environ["XLA_FLAGS"] = " ".join(
-    filter(None, [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"])
-)
+_FLAGS = ["--xla_backend_optimization_level=0"]
+# With several pytest-xdist workers on as many cores, one thread each: multithreaded BLAS,
+# LAPACK and XLA kernels in every worker oversubscribe the cores (the dense-Hessian tests ran
+# 3-10x slower beside the other worker than alone).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _FLAGS += ["--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1"]
+    for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, "1")
+_FLAGS = [f for f in _FLAGS if f.split("=")[0] not in os.environ.get("XLA_FLAGS", "")]
+os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), *_FLAGS]))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
