@@ -93,8 +93,16 @@ def build_problem(depth: int, width: int, num_samples: int = 640):
     return arch, x, loss_fn, init_key
 
 
-def train_starts(arch, loss_fn, init_key, replicas: int, steps: int, start: str,
-                 lbfgs_tol: float, lbfgs_iters: int):
+def train_starts(
+    arch,
+    loss_fn,
+    init_key,
+    replicas: int,
+    steps: int,
+    start: str,
+    lbfgs_tol: float,
+    lbfgs_iters: int,
+):
     """Adam (lr 0.01, full batch) for ``steps`` steps, then optionally L-BFGS; starts (R, P)."""
     params_R = models.init_replicas(arch, init_key, replicas, "float64")
     cfg = train.TrainConfig(num_steps=steps, record_every=50)
@@ -185,8 +193,15 @@ def _nielsen(mu, nu, rho, accept):
     return jnp.where(accept, mu_acc, mu * nu), jnp.where(accept, 2.0, 2.0 * nu)
 
 
-def lm_cg(fun, theta0, *, max_iters: int, cg_maxiter: int, mu_scale: float = 1e-3,
-          grad_tol: float = GRAD_TOL):
+def lm_cg(
+    fun,
+    theta0,
+    *,
+    max_iters: int,
+    cg_maxiter: int,
+    mu_scale: float = 1e-3,
+    grad_tol: float = GRAD_TOL,
+):
     """Levenberg-Marquardt on 1/2 |g|^2 with the model H^2 + mu I, CG solves (module docs)."""
     grad, hvp = jax.grad(fun), hvp_fn(fun)
     g0 = grad(theta0)
@@ -249,9 +264,7 @@ def lm_dense(fun, theta0, *, max_iters: int, mu_scale: float = 1e-3, grad_tol: f
         hg, hn = _record(hg, hn, k + 1, th, jnp.dot(g, g))
         return th, g, mu, nu, k + 1, hg, hn, mu > 1e30
 
-    th, g, _, _, k, hg, hn, _ = lax.while_loop(
-        cond, body, (theta0, g0, mu0, 2.0, 0, hg, hn, False)
-    )
+    th, g, _, _, k, hg, hn, _ = lax.while_loop(cond, body, (theta0, g0, mu0, 2.0, 0, hg, hn, False))
     return th, jnp.dot(g, g), k, 0, hg, hn
 
 
@@ -352,9 +365,7 @@ def nmr_npc(fun, theta0, *, max_iters: int, inner_maxiter: int, grad_tol: float 
         hg, hn = _record(hg, hn, k + 1, th, jnp.dot(g, g))
         return th, g, k + 1, nh + kin + npc.astype(int), nnpc + npc.astype(int), hg, hn, ~ok
 
-    th, g, k, nh, nnpc, hg, hn, _ = lax.while_loop(
-        cond, body, (theta0, g0, 0, 0, 0, hg, hn, False)
-    )
+    th, g, k, nh, nnpc, hg, hn, _ = lax.while_loop(cond, body, (theta0, g0, 0, 0, 0, hg, hn, False))
     return th, jnp.dot(g, g), k, nh, hg, hn, nnpc
 
 
@@ -461,8 +472,11 @@ class Problem:
         key = ("tree", l2)
         if key not in self._funs:
             lf = self.loss_fn
-            self._funs[key] = (lambda p: lf(p) + l2 * sum(jnp.sum(a * a) for a in
-                                                          jax.tree.leaves(p))) if l2 else lf
+            self._funs[key] = (
+                (lambda p: lf(p) + l2 * sum(jnp.sum(a * a) for a in jax.tree.leaves(p)))
+                if l2
+                else lf
+            )
         return self._funs[key]
 
 
@@ -537,8 +551,9 @@ def run_one(prob: Problem, name: str, iters: int, l2: float, theta0: np.ndarray)
         hist_g2=[float(v) for v in np.asarray(hist_g)[np.isfinite(hist_g)]],
         hist_theta_norm=None if hist_n is None else [float(v) for v in hist_n[np.isfinite(hist_n)]],
     )  # fmt: skip
-    rec["escaping"] = None if hist_n is None else escaping(np.asarray(hist_g), np.asarray(hist_n),
-                                                           converged)
+    rec["escaping"] = (
+        None if hist_n is None else escaping(np.asarray(hist_g), np.asarray(hist_n), converged)
+    )
     return rec, theta
 
 
@@ -557,8 +572,9 @@ def load_or_train(args, arch, loss_fn, init_key) -> np.ndarray:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--depth", type=int, default=1)
     p.add_argument("--width", type=int, default=6)
     p.add_argument("--replicas", type=int, default=8)
@@ -568,9 +584,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lbfgs-tol", type=float, default=1e-8)
     p.add_argument("--lbfgs-iters", type=int, default=20000)
     p.add_argument("--retrain", action="store_true")
-    p.add_argument("--methods", type=parse_method, nargs="+",
-                   default=[parse_method(s) for s in ("newton_mr:100", "lm_cg:500", "nmr_npc:500")],
-                   help="name:max_iters; names: newton_mr lm_cg lm_dense nmr_npc nmr_continuation")
+    p.add_argument(
+        "--methods",
+        type=parse_method,
+        nargs="+",
+        default=[parse_method(s) for s in ("newton_mr:100", "lm_cg:500", "nmr_npc:500")],
+        help="name:max_iters; names: newton_mr lm_cg lm_dense nmr_npc nmr_continuation",
+    )
     p.add_argument("--l2", type=float, nargs="+", default=[0.0])
     p.add_argument("--diagnose", action="store_true", help="dense diagnostics at end points")
     p.add_argument("--out", default=None, help="JSON lines file (default under /tmp/finder_study)")
@@ -586,8 +606,11 @@ def main(argv=None) -> int:
     unravel = ravel_pytree(models.init_params(arch, jax.random.key(0), "float64"))[1]
     prob = Problem(loss_fn, unravel, x)
     P = arch.num_params
-    print(f"depth {args.depth} width {args.width} P {P}: {len(starts)} starts "
-          f"({args.start}, {args.train_steps} steps; train {train_s:.1f}s)", flush=True)
+    print(
+        f"depth {args.depth} width {args.width} P {P}: {len(starts)} starts "
+        f"({args.start}, {args.train_steps} steps; train {train_s:.1f}s)",
+        flush=True,
+    )
     idx = range(len(starts)) if args.only is None else args.only
     for l2 in args.l2:
         for name, iters in args.methods:

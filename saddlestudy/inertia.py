@@ -240,9 +240,17 @@ class Inertia:
         nan = math.nan
         return tuple(
             cls(
-                **record, ritz_min=nan, ritz_max=nan, ritz_min_residual=nan,
-                ritz_max_residual=nan, min_eigenvector=None, num_matvecs=P, num_params=P,
-                zero_tol=float(tau), relative_tol=rel, method=method,
+                **record,
+                ritz_min=nan,
+                ritz_max=nan,
+                ritz_min_residual=nan,
+                ritz_max_residual=nan,
+                min_eigenvector=None,
+                num_matvecs=P,
+                num_params=P,
+                zero_tol=float(tau),
+                relative_tol=rel,
+                method=method,
             )  # fmt: skip
             for record, (tau, rel) in zip(
                 records,
@@ -1184,7 +1192,11 @@ def _ldl_records(matrix, error, taus, relative, ritz) -> list[dict] | None:
     for negative, positive in brackets:
         records.append(
             _count_record(
-                n, nominal=None, negative=negative, positive=positive, resolution=d,
+                n,
+                nominal=None,
+                negative=negative,
+                positive=positive,
+                resolution=d,
                 **extremes,
             )  # fmt: skip
         )

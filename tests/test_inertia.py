@@ -106,9 +106,11 @@ def test_dense_lambda_min_is_the_true_extreme_at_a_saddle(x64):
     eig = np.concatenate([-rng.uniform(2e-5, 1e-4, 60), rng.uniform(0, 10, 540)])
     loss, params = quadratic(eig)
     for taus in ([1e-5], [1e-5, 1e-6]):  # the factorisation and the eigvalsh routes
-        r = ss.hessian_inertia(loss, params, zero_tol=taus, method="dense")[0] if len(
-            taus
-        ) > 1 else ss.hessian_inertia(loss, params, zero_tol=taus, method="dense")
+        r = (
+            ss.hessian_inertia(loss, params, zero_tol=taus, method="dense")[0]
+            if len(taus) > 1
+            else ss.hessian_inertia(loss, params, zero_tol=taus, method="dense")
+        )
         assert r.exact and r.num_negative == 60
         assert r.lambda_min_lo <= eig.min() <= r.lambda_min_hi
         assert r.lambda_min == pytest.approx(eig.min(), rel=1e-3)
