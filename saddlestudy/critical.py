@@ -917,6 +917,14 @@ def _find_on_devices(devices: tuple) -> Callable:
     )
 
 
+def _batched_inputs(loss_fn, params_R, method, grad_tol, max_iters, options, dtype, key, batching):
+    """The checked settings, the starts in the finder's dtype and the key (default key(0)) of
+    :func:`find_critical_points` and :func:`compile_critical_points`."""
+    cfg = _resolve_config(method, grad_tol, max_iters, options, batching)
+    params_R = _prepare(loss_fn, params_R, dtype, cfg.grad_tol, batched=True)
+    return cfg, params_R, jax.random.key(0) if key is None else key
+
+
 def find_critical_points(
     loss_fn: LossFn,
     params_R: Params,
@@ -968,10 +976,9 @@ def find_critical_points(
         non-float parameters, a non-scalar loss, or a float32 run asked for a tolerance that
         float32 cannot resolve; all before any iteration.
     """
-    cfg = _resolve_config(method, grad_tol, max_iters, options, batching)
-    params_R = _prepare(loss_fn, params_R, dtype, cfg.grad_tol, batched=True)
-    if key is None:
-        key = jax.random.key(0)
+    cfg, params_R, key = _batched_inputs(
+        loss_fn, params_R, method, grad_tol, max_iters, options, dtype, key, batching
+    )
     devices = jax.local_devices() if devices is None else list(devices)
     num_starts = jax.tree.leaves(params_R)[0].shape[0]
     if len(devices) < 2 or num_starts < 2:
@@ -1005,9 +1012,9 @@ def compile_critical_points(
     need to time compilation and the run apart. Raises what :func:`find_critical_points`
     raises, before compiling.
     """
-    cfg = _resolve_config(method, grad_tol, max_iters, options, batching)
-    params_R = _prepare(loss_fn, params_R, dtype, cfg.grad_tol, batched=True)
-    key = jax.random.key(0) if key is None else key
+    cfg, params_R, key = _batched_inputs(
+        loss_fn, params_R, method, grad_tol, max_iters, options, dtype, key, batching
+    )
     compiled = _find_batched.lower(loss_fn, cfg, params_R, key, 0).compile()
     return functools.partial(compiled, params_R, key, 0)
 
