@@ -68,9 +68,7 @@ import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-jax.config.update("jax_enable_x64", True)
-
-from saddlestudy import critical, data, losses, models, optim, sweep, train  # noqa: E402
+from saddlestudy import critical, data, losses, models, optim, sweep, train
 
 GRAD_TOL = 1e-10
 ZERO_TOL = 1e-5
@@ -102,12 +100,14 @@ def train_starts(
     start: str,
     lbfgs_tol: float,
     lbfgs_iters: int,
+    optimizer: str = "adam",
 ):
-    """Adam (lr 0.01, full batch) for ``steps`` steps, then optionally L-BFGS; starts (R, P)."""
+    """``optimizer`` (the census's: Adam or iRprop-, lr 0.01, full batch) for ``steps`` steps,
+    then optionally L-BFGS; starts (R, P)."""
     params_R = models.init_replicas(arch, init_key, replicas, "float64")
     cfg = train.TrainConfig(num_steps=steps, record_every=50)
     result = train.train_replicas(
-        loss_fn, params_R, optim.OptimizerFactory("adam"), cfg, hyperparams={"learning_rate": 0.01}
+        loss_fn, params_R, optim.OptimizerFactory(optimizer), cfg, hyperparams={"learning_rate": 0.01}
     )
     theta_R = jax.vmap(lambda p: ravel_pytree(p)[0])(result.params)
     if start == "lbfgs":
@@ -481,7 +481,8 @@ class Problem:
 
 
 def run_package(prob: Problem, theta0, l2: float, iters: int):
-    """The package's Newton-MR from one start; returns (theta, g2, iters, flat, hist_g)."""
+    """The package's Newton-MR from one start: (theta, g2, iters, hvps, hist_g, flat, status,
+    hist_n, point class)."""
     params = jax.tree.map(lambda a: a[None], prob.unravel(jnp.asarray(theta0)))
     cp = critical.find_critical_points(
         prob.tree_loss(l2), params, method="newton_mr", grad_tol=GRAD_TOL, max_iters=iters,
@@ -489,9 +490,12 @@ def run_package(prob: Problem, theta0, l2: float, iters: int):
     )  # fmt: skip
     jax.block_until_ready(cp)
     theta = np.asarray(ravel_pytree(jax.tree.map(lambda a: a[0], cp.params))[0])
+    (cls,) = critical.point_class(cp.converged, cp.status, cp.gradient_flat, cp.iterations,
+                                  cp.param_norm_history, cp.grad_norm_sq_history)
     return (theta, float(cp.grad_norm_sq[0]), int(cp.iterations[0]), int(cp.num_hvps[0]),
             np.asarray(cp.grad_norm_sq_history[0]), bool(cp.gradient_flat[0]),
-            critical.STATUS[int(cp.status[0])])  # fmt: skip
+            critical.STATUS[int(cp.status[0])], np.asarray(cp.param_norm_history[0]),
+            str(cls))  # fmt: skip
 
 
 def continuation_ladder(l2_final: float) -> list[float]:
@@ -512,14 +516,14 @@ def run_one(prob: Problem, name: str, iters: int, l2: float, theta0: np.ndarray)
             run_package(prob, theta0, l2, iters)
             prob.warm.add((l2, iters))
         t0 = time.perf_counter()
-        theta, g2, k, nh, hist_g, flat, status = run_package(prob, theta0, l2, iters)
-        rec.update(wall_s=time.perf_counter() - t0, status=status, pkg_gradient_flat=flat)
-        hist_n = None
+        theta, g2, k, nh, hist_g, flat, status, hist_n, cls = run_package(prob, theta0, l2, iters)
+        rec.update(wall_s=time.perf_counter() - t0, status=status, pkg_gradient_flat=flat,
+                   point_class=cls)  # fmt: skip
     elif name == "nmr_continuation":
         t0 = time.perf_counter()
         theta, path, k, nh = theta0, [], 0, 0
         for lam in continuation_ladder(l2):
-            theta, g2, ki, nhi, _, flat, status = run_package(prob, theta, lam, iters)
+            theta, g2, ki, nhi, _, flat, status, _, _ = run_package(prob, theta, lam, iters)
             k, nh = k + ki, nh + nhi
             norm = float(np.linalg.norm(theta))
             path.append({"l2": lam, "g2": g2, "iters": ki, "theta_norm": norm, "status": status})
@@ -559,6 +563,8 @@ def run_one(prob: Problem, name: str, iters: int, l2: float, theta0: np.ndarray)
 
 def load_or_train(args, arch, loss_fn, init_key) -> np.ndarray:
     tag = f"starts_d{args.depth}_w{args.width}_R{args.replicas}_s{args.train_steps}_{args.start}"
+    if args.optimizer != "adam":  # Adam's file names predate the option
+        tag += f"_{args.optimizer}"
     if args.start == "lbfgs":
         tag += f"_tol{args.lbfgs_tol:g}"
     path = os.path.join(OUT_DIR, tag + ".npz")
@@ -566,7 +572,7 @@ def load_or_train(args, arch, loss_fn, init_key) -> np.ndarray:
         return np.load(path)["theta"], 0.0
     t0 = time.perf_counter()
     theta = train_starts(arch, loss_fn, init_key, args.replicas, args.train_steps, args.start,
-                         args.lbfgs_tol, args.lbfgs_iters)  # fmt: skip
+                         args.lbfgs_tol, args.lbfgs_iters, args.optimizer)  # fmt: skip
     np.savez(path, theta=theta)
     return theta, time.perf_counter() - t0
 
@@ -580,7 +586,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--replicas", type=int, default=8)
     p.add_argument("--only", type=int, nargs="*", default=None, help="start indices to run")
     p.add_argument("--train-steps", type=int, default=2000)
-    p.add_argument("--start", choices=("adam", "lbfgs"), default="adam")
+    p.add_argument("--start", choices=("adam", "lbfgs"), default="adam",
+                   help="adam: the training end points; lbfgs: then L-BFGS on the loss")
+    p.add_argument("--optimizer", choices=("adam", "irprop-"), default="adam",
+                   help="the census's two trainers (lr 0.01)")
     p.add_argument("--lbfgs-tol", type=float, default=1e-8)
     p.add_argument("--lbfgs-iters", type=int, default=20000)
     p.add_argument("--retrain", action="store_true")
@@ -599,8 +608,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    jax.config.update("jax_enable_x64", True)  # the census is float64
     os.makedirs(OUT_DIR, exist_ok=True)
     out = args.out or os.path.join(OUT_DIR, f"d{args.depth}_w{args.width}.jsonl")
+    print(f"records: {out}", flush=True)
     arch, x, loss_fn, init_key = build_problem(args.depth, args.width)
     starts, train_s = load_or_train(args, arch, loss_fn, init_key)
     unravel = ravel_pytree(models.init_params(arch, jax.random.key(0), "float64"))[1]
@@ -608,7 +619,7 @@ def main(argv=None) -> int:
     P = arch.num_params
     print(
         f"depth {args.depth} width {args.width} P {P}: {len(starts)} starts "
-        f"({args.start}, {args.train_steps} steps; train {train_s:.1f}s)",
+        f"({args.optimizer} {args.train_steps} steps, start {args.start}; train {train_s:.1f}s)",
         flush=True,
     )
     idx = range(len(starts)) if args.only is None else args.only
@@ -618,6 +629,7 @@ def main(argv=None) -> int:
                 rec, theta = run_one(prob, name, iters, l2, starts[i])
                 g0 = np.asarray(jax.grad(prob.fun(0.0))(jnp.asarray(starts[i])))
                 rec.update(depth=args.depth, width=args.width, start=i, start_kind=args.start,
+                           optimizer=args.optimizer,
                            train_steps=args.train_steps, g2_start=float(g0 @ g0),
                            loss_start=float(prob.fun(0.0)(jnp.asarray(starts[i]))))  # fmt: skip
                 if args.diagnose:
