@@ -39,6 +39,11 @@ points lie at finite distance; ``2 l2`` should be far below the census's zero th
   for l2_j = 1e-4, 1e-5, ... down to ``--l2`` (or 1e-9 when --l2 is 0), each solve warm-started
   at the previous one (``max_iters`` per stage), then the unregularised loss from the last. The
   path |theta*(l2)| says whether a critical point of L is at finite distance from the start.
+- ``deflation``: (e) further critical points from one start (Farrell, Birkisson & Funke 2015):
+  the package's Newton-MR (100 iterations) finds a first one; then Levenberg-Marquardt with
+  exact steps on the deflated residual M(theta) grad L, M = prod_i (|theta - r_i|^-2 + 1) over
+  the points r_i found so far, runs from the same start, until an attempt fails or
+  ``DEFLATED_POINTS`` are known (dense, P <= 2e3). ``max_iters`` is per deflated attempt.
 
 Per start and method one JSON line: final |grad L_reg|^2 (the loss the finder sees) and
 |grad L|^2 (l2 = 0), converged (< 1e-10, of the finder's loss), iterations, wall seconds
@@ -73,6 +78,7 @@ from saddlestudy import critical, data, losses, models, optim, sweep, train
 GRAD_TOL = 1e-10
 ZERO_TOL = 1e-5
 OUT_DIR = "/tmp/finder_study"
+DEFLATED_POINTS = 4  # deflation: stop after this many critical points from one start
 
 
 # ----------------------------------------------------------------------------- the problem
@@ -107,7 +113,11 @@ def train_starts(
     params_R = models.init_replicas(arch, init_key, replicas, "float64")
     cfg = train.TrainConfig(num_steps=steps, record_every=50)
     result = train.train_replicas(
-        loss_fn, params_R, optim.OptimizerFactory(optimizer), cfg, hyperparams={"learning_rate": 0.01}
+        loss_fn,
+        params_R,
+        optim.OptimizerFactory(optimizer),
+        cfg,
+        hyperparams={"learning_rate": 0.01},
     )
     theta_R = jax.vmap(lambda p: ravel_pytree(p)[0])(result.params)
     if start == "lbfgs":
@@ -265,6 +275,75 @@ def lm_dense(fun, theta0, *, max_iters: int, mu_scale: float = 1e-3, grad_tol: f
         return th, g, mu, nu, k + 1, hg, hn, mu > 1e30
 
     th, g, _, _, k, hg, hn, _ = lax.while_loop(cond, body, (theta0, g0, mu0, 2.0, 0, hg, hn, False))
+    return th, jnp.dot(g, g), k, 0, hg, hn
+
+
+# ----------------------------------------------------------------------------- (e) deflation
+def deflation_factor(roots, power: float, shift: float):
+    """Farrell, Birkisson & Funke (2015)'s M(theta) = prod_i (|theta - r_i|^-power + shift):
+    it blows up at the known critical points r_i (rows of ``roots``, possibly none) and tends
+    to 1 far from them (shift 1), so zeros of M g are the zeros of g other than the r_i."""
+
+    def m(theta):
+        d2 = jnp.sum((theta[None, :] - roots) ** 2, axis=1)
+        return jnp.prod(d2 ** (-0.5 * power) + shift)
+
+    return m
+
+
+def deflated_lm_dense(
+    fun,
+    theta0,
+    roots,
+    *,
+    max_iters: int,
+    power: float = 2.0,
+    shift: float = 1.0,
+    mu_scale: float = 1e-3,
+    grad_tol: float = GRAD_TOL,
+):
+    """Levenberg-Marquardt on 1/2 |G|^2 with the deflated residual G = M g (g = grad L, M from
+    :func:`deflation_factor`), dense: J_G = M H + g grad(M)^T (not symmetric), the step solves
+    (J^T J + mu I) p = -J^T G, mu by Nielsen's rule. Stops when the *undeflated* |g|^2 <
+    grad_tol. With no roots this is Levenberg-Marquardt on |g|^2 with exact steps."""
+    grad, hess = jax.grad(fun), jax.hessian(fun)
+    m = deflation_factor(roots, power, shift)
+    dm = jax.grad(m)
+
+    def residual(th):
+        g = grad(th)
+        return m(th) * g, g
+
+    def jacobian(th, g):
+        return m(th) * hess(th) + jnp.outer(g, dm(th))
+
+    G0, g0 = residual(theta0)
+    mu0 = mu_scale * jnp.linalg.norm(jacobian(theta0, g0), 2) ** 2
+    hg, hn = _history(max_iters, theta0, jnp.dot(g0, g0))
+    eye = jnp.eye(theta0.size, dtype=theta0.dtype)
+
+    def cond(c):
+        th, G, g, mu, nu, k, hg, hn, stop = c
+        return (k < max_iters) & (jnp.dot(g, g) >= grad_tol) & ~stop
+
+    def body(c):
+        th, G, g, mu, nu, k, hg, hn, _ = c
+        J = jacobian(th, g)
+        p = -jnp.linalg.solve(J.T @ J + mu * eye, J.T @ G)
+        jp = J @ p
+        pred = -(jnp.dot(G, jp) + 0.5 * jnp.dot(jp, jp))
+        G_new, g_new = residual(th + p)
+        rho = 0.5 * (jnp.dot(G, G) - jnp.dot(G_new, G_new)) / pred
+        accept = (rho > 1e-4) & jnp.isfinite(rho) & jnp.all(jnp.isfinite(G_new))
+        mu, nu = _nielsen(mu, nu, jnp.where(jnp.isfinite(rho), rho, 0.0), accept)
+        th, G, g = (
+            jnp.where(accept, new, old) for new, old in ((th + p, th), (G_new, G), (g_new, g))
+        )
+        hg, hn = _record(hg, hn, k + 1, th, jnp.dot(g, g))
+        return th, G, g, mu, nu, k + 1, hg, hn, mu > 1e30
+
+    init = (theta0, G0, g0, mu0, 2.0, 0, hg, hn, False)
+    th, _, g, _, _, k, hg, hn, _ = lax.while_loop(cond, body, init)
     return th, jnp.dot(g, g), k, 0, hg, hn
 
 
@@ -432,7 +511,7 @@ def dense_diagnostics(fun, theta, x, unravel) -> dict:
 # ----------------------------------------------------------------------------- running
 def parse_method(spec: str) -> tuple[str, int]:
     name, _, iters = spec.partition(":")
-    if name not in ("newton_mr", "lm_cg", "lm_dense", "nmr_npc", "nmr_continuation"):
+    if name not in ("newton_mr", "lm_cg", "lm_dense", "nmr_npc", "nmr_continuation", "deflation"):
         raise argparse.ArgumentTypeError(f"unknown method {name!r}")
     return name, int(iters or 500)
 
@@ -448,6 +527,9 @@ def compiled(name: str, iters: int, l2: float, P: int, key):
         f = functools.partial(lm_dense, fun, max_iters=iters)
     elif name == "nmr_npc":
         f = functools.partial(nmr_npc, fun, max_iters=iters, inner_maxiter=min(2 * P, 1000))
+    elif name == "deflation":
+        f = functools.partial(deflated_lm_dense, fun, max_iters=iters)
+        return jax.jit(f), 0.0  # compiled per number of known roots, at the first call
     else:
         raise ValueError(name)
     t0 = time.perf_counter()
@@ -490,8 +572,14 @@ def run_package(prob: Problem, theta0, l2: float, iters: int):
     )  # fmt: skip
     jax.block_until_ready(cp)
     theta = np.asarray(ravel_pytree(jax.tree.map(lambda a: a[0], cp.params))[0])
-    (cls,) = critical.point_class(cp.converged, cp.status, cp.gradient_flat, cp.iterations,
-                                  cp.param_norm_history, cp.grad_norm_sq_history)
+    (cls,) = critical.point_class(
+        cp.converged,
+        cp.status,
+        cp.gradient_flat,
+        cp.iterations,
+        cp.param_norm_history,
+        cp.grad_norm_sq_history,
+    )
     return (theta, float(cp.grad_norm_sq[0]), int(cp.iterations[0]), int(cp.num_hvps[0]),
             np.asarray(cp.grad_norm_sq_history[0]), bool(cp.gradient_flat[0]),
             critical.STATUS[int(cp.status[0])], np.asarray(cp.param_norm_history[0]),
@@ -531,6 +619,10 @@ def run_one(prob: Problem, name: str, iters: int, l2: float, theta0: np.ndarray)
         hist_g = np.array([p["g2"] for p in path])
         hist_n = np.array([p["theta_norm"] for p in path])
         l2 = path[-1]["l2"]
+    elif name == "deflation":
+        t0 = time.perf_counter()
+        theta, g2, k, nh, hist_g, hist_n, points = deflate(prob, theta0, l2, iters)
+        rec.update(wall_s=time.perf_counter() - t0, points=points)
     else:
         fn, compile_s = compiled(name, iters, l2, P, prob)
         t0 = time.perf_counter()
@@ -561,6 +653,37 @@ def run_one(prob: Problem, name: str, iters: int, l2: float, theta0: np.ndarray)
     return rec, theta
 
 
+def deflate(prob: Problem, theta0, l2: float, iters: int, max_points: int = DEFLATED_POINTS):
+    """From one start: the package's Newton-MR (100 iterations) for a first critical point,
+    then :func:`deflated_lm_dense` from the same start with every point found so far deflated,
+    until an attempt fails or ``max_points`` are known. Returns the first deflated attempt's
+    end (theta, |g|^2, iterations, 0, histories) and one entry per point found."""
+    if theta0.size > 2000:
+        raise SystemExit(f"deflation forms P x P Jacobians: P = {theta0.size} is over 2,000")
+    theta, g2, k, *_ = run_package(prob, theta0, l2, 100)
+    if g2 >= GRAD_TOL:
+        return theta, g2, k, 0, np.array([g2]), np.array([np.linalg.norm(theta)]), []
+    roots, first = [theta], None
+    fn, _ = compiled("deflation", iters, l2, theta0.size, prob)
+    while len(roots) < max_points:
+        out = jax.block_until_ready(fn(jnp.asarray(theta0), jnp.asarray(np.stack(roots))))
+        first = first or tuple(np.asarray(o) for o in out)
+        if not float(out[1]) < GRAD_TOL:
+            break
+        roots.append(np.asarray(out[0]))
+    fun = prob.fun(l2)
+    points = [{"loss": float(fun(jnp.asarray(r))),
+               "g2": float(np.sum(np.asarray(jax.grad(fun)(jnp.asarray(r))) ** 2)),
+               "distance_from_start": float(np.linalg.norm(r - theta0)),
+               "distance_to_nearest_earlier": float(min((np.linalg.norm(r - q) for q in roots[:i]),
+                                                        default=np.nan)),
+               "num_negative": int(np.sum(np.linalg.eigvalsh(np.asarray(jax.hessian(fun)(
+                   jnp.asarray(r)))) < -ZERO_TOL))}
+              for i, r in enumerate(roots)]  # fmt: skip
+    th, g2, k, nh, hg, hn = first
+    return th, float(g2), int(k), int(nh), hg, hn, points
+
+
 def load_or_train(args, arch, loss_fn, init_key) -> np.ndarray:
     tag = f"starts_d{args.depth}_w{args.width}_R{args.replicas}_s{args.train_steps}_{args.start}"
     if args.optimizer != "adam":  # Adam's file names predate the option
@@ -586,10 +709,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--replicas", type=int, default=8)
     p.add_argument("--only", type=int, nargs="*", default=None, help="start indices to run")
     p.add_argument("--train-steps", type=int, default=2000)
-    p.add_argument("--start", choices=("adam", "lbfgs"), default="adam",
-                   help="adam: the training end points; lbfgs: then L-BFGS on the loss")
-    p.add_argument("--optimizer", choices=("adam", "irprop-"), default="adam",
-                   help="the census's two trainers (lr 0.01)")
+    p.add_argument(
+        "--start",
+        choices=("adam", "lbfgs"),
+        default="adam",
+        help="adam: the training end points; lbfgs: then L-BFGS on the loss",
+    )
+    p.add_argument(
+        "--optimizer",
+        choices=("adam", "irprop-"),
+        default="adam",
+        help="the census's two trainers (lr 0.01)",
+    )
     p.add_argument("--lbfgs-tol", type=float, default=1e-8)
     p.add_argument("--lbfgs-iters", type=int, default=20000)
     p.add_argument("--retrain", action="store_true")
@@ -598,7 +729,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=parse_method,
         nargs="+",
         default=[parse_method(s) for s in ("newton_mr:100", "lm_cg:500", "nmr_npc:500")],
-        help="name:max_iters; names: newton_mr lm_cg lm_dense nmr_npc nmr_continuation",
+        help="name:max_iters; names: newton_mr lm_cg lm_dense nmr_npc nmr_continuation deflation",
     )
     p.add_argument("--l2", type=float, nargs="+", default=[0.0])
     p.add_argument("--diagnose", action="store_true", help="dense diagnostics at end points")

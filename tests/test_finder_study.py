@@ -2,7 +2,7 @@
 with CG and with exact steps, Newton-MR with nonpositive-curvature-aware MINRES) against ground
 truth: a quadratic with a singular, indefinite Hessian, whose critical set is an affine space
 with a known nearest point, and the analytic critical points of the deep linear autoencoder
-(Baldi & Hornik 1989)."""
+(Baldi & Hornik 1989); deflation against the same points."""
 
 import functools
 import itertools
@@ -107,3 +107,24 @@ def test_autoencoder_saddles_and_minima_are_recovered(x64, name):
         # to critical points of any index, not to minima of L).
         value = float(fun(out[0]))
         assert value == pytest.approx(AE_VALUES[AE_SUBSETS.index(I)], abs=1e-8), (I, value)
+
+
+def test_deflation_finds_a_different_true_critical_point(x64):
+    loss = autoencoder()[0]
+    rng = np.random.default_rng(2)
+    for I in [(0, 1), (1, 3), (3,)]:
+        root, unravel = ravel_pytree(ae_point(I, np.eye(AE_P) + 0.3 * rng.normal(size=(2, 2))))
+        fun = lambda t, unravel=unravel: loss(unravel(t))  # noqa: E731
+        theta0 = root + 0.01 * rng.normal(size=root.shape)
+        run = jax.jit(lambda t, r, fun=fun: fs.deflated_lm_dense(fun, t, r, max_iters=500))
+        # Nothing deflated: exact Levenberg-Marquardt returns to the analytic point nearby.
+        plain = run(theta0, jnp.zeros((0, root.size)))
+        assert float(plain[1]) < fs.GRAD_TOL and float(jnp.linalg.norm(plain[0] - root)) < 0.03
+        # That point deflated: another true critical point (an analytic loss value), far from
+        # it. Here it lies on the same orbit theta -> (K0 C, C^-1 K1) of the analytic point
+        # (same loss): deflating a point does not deflate a continuum of critical points.
+        out = run(theta0, root[None])
+        assert float(out[1]) < fs.GRAD_TOL
+        assert float(jnp.linalg.norm(out[0] - root)) > 0.1
+        value = float(fun(out[0]))
+        assert np.min(np.abs(AE_VALUES - value)) < 1e-8, value
