@@ -1,0 +1,69 @@
+"""Every study keeps its config hash and cell ids.
+
+A study's results on disk are found by its config hash and cell ids: a change to either orphans
+finished results (a resumed sweep recomputes everything). ``tests/data/study_ids.json`` holds
+them for every sweep study in experiments/ (the full and the ``--quick`` version), as the code
+produced them when the file was written (2026-12-07, at commit 3f32a12; the census ids
+are those of the committed snapshot, ``results_snapshot/census.tar``). Rewrite the file only
+when a study's results really change, and say so in the commit:
+
+    python -c "from tests.test_study_ids import current_ids; import json; \
+        print(json.dumps(current_ids(), indent=1))" > tests/data/study_ids.json
+"""
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from saddlestudy import config
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORDED = json.loads((ROOT / "tests" / "data" / "study_ids.json").read_text())
+# experiments/lecture.toml configures scripts/lecture_example.py, not a sweep.
+NOT_SWEEPS = {"lecture"}
+
+
+def sweep_studies() -> list[tuple[str, bool]]:
+    out = []
+    for path in sorted((ROOT / "experiments").glob("*.toml")):
+        if path.stem in NOT_SWEEPS:
+            continue
+        out.append((path.stem, False))
+        if "[quick" in path.read_text():
+            out.append((path.stem, True))
+    return out
+
+
+def study_key(name: str, quick: bool) -> str:
+    return name + (" --quick" if quick else "")
+
+
+def ids(name: str, quick: bool) -> dict:
+    cfg = config.load(ROOT / "experiments" / f"{name}.toml", quick=quick)
+    return {
+        "config_hash": config.config_hash(cfg),
+        "cell_ids": [c["cell_id"] for c in config.expand(cfg)],
+    }
+
+
+def current_ids() -> dict:
+    return {study_key(n, q): ids(n, q) for n, q in sweep_studies()}
+
+
+def test_every_sweep_study_is_recorded():
+    assert sorted(study_key(n, q) for n, q in sweep_studies()) == sorted(RECORDED)
+
+
+@pytest.mark.parametrize("name, quick", sweep_studies(), ids=lambda v: str(v))
+def test_config_hash_and_cell_ids_are_kept(name, quick):
+    assert ids(name, quick) == RECORDED[study_key(name, quick)]
+
+
+def test_the_census_snapshot_holds_the_recorded_cells():
+    with tarfile.open(ROOT / "results_snapshot" / "census.tar") as tar:
+        manifest = json.load(tar.extractfile("census/manifest.json"))
+    recorded = RECORDED["census"]
+    assert manifest["config_hash"] == recorded["config_hash"]
+    assert manifest["cells"] == recorded["cell_ids"]
