@@ -49,7 +49,10 @@ def load(root: str | Path, study: str | None = None) -> pd.DataFrame:
 # How each start ended (the finder's classes, saddlestudy.critical.POINT_CLASSES), and
 # "unclassified" for rows stored before the classes were (only critical, gradient-flat and
 # diverged can be told there).
-POINT_CLASSES = (*critical.POINT_CLASSES, "unclassified")
+# "crossing": a critical row (|grad L|^2 < grad_tol) whose last step lowered |grad L|^2 by
+# less than Newton's method does near any finite critical point (last_step_ratio above
+# critical.NEWTON_RATE_BOUND): the run crossed the cutoff while still travelling.
+POINT_CLASSES = ("critical", "crossing", *critical.POINT_CLASSES[1:], "unclassified")
 
 
 def with_status(df: pd.DataFrame) -> pd.DataFrame:
@@ -62,6 +65,9 @@ def with_status(df: pd.DataFrame) -> pd.DataFrame:
     )
     if "point_class" in df:
         kind = df["point_class"].fillna("unclassified").to_numpy(object)
+        if "last_step_ratio" in df:  # NaN (no step, or rows stored before it): not a crossing
+            crossed = df["last_step_ratio"].to_numpy(float) > critical.NEWTON_RATE_BOUND
+            kind = np.where((kind == "critical") & crossed, "crossing", kind)
     else:
         diverged = (
             df["train_diverged"].fillna(False).to_numpy(bool) if "train_diverged" in df else False

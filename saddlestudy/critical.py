@@ -161,6 +161,28 @@ def point_class(
     return out
 
 
+# Newton's method on g near an isolated zero of g of multiplicity m (g ~ x^m along the
+# approach) multiplies x by (m - 1)/m a full step, so |g|^2 by ((m - 1)/m)^(2m): 0 for m = 1
+# (quadratic convergence), 1/16 for m = 2, rising to e^-2 as m grows. A run whose last step
+# lowered |grad L|^2 by less (last_step_ratio above this) crossed grad_tol without the local
+# rate of Newton's method at a finite critical point: it was still travelling, e.g. toward
+# a critical point at infinity (a threshold crossing, not convergence).
+NEWTON_RATE_BOUND = math.exp(-2.0)
+
+
+def last_step_ratio(iterations, grad_norm_sq_history) -> np.ndarray:
+    """|grad L|^2 after each run's last iteration over |grad L|^2 before it (NumPy, host;
+    batched as :func:`point_class`); NaN for a run of no iterations. Compare with
+    :data:`NEWTON_RATE_BOUND`."""
+    its = np.atleast_1d(np.asarray(iterations)).astype(int)
+    gn2 = np.atleast_2d(np.asarray(grad_norm_sq_history, float))
+    out = np.full(its.shape, np.nan)
+    for r, n in enumerate(its):
+        if n >= 1 and gn2[r, n - 1] > 0:
+            out[r] = gn2[r, n] / gn2[r, n - 1]
+    return out
+
+
 def _escaping(theta: np.ndarray, gn2: np.ndarray) -> bool:
     n = theta.shape[0] - 1
     half, three = theta[n // 2], theta[(3 * n) // 4]

@@ -564,7 +564,8 @@ def matched_loss_figure(
     return fig
 
 
-_CLASS_COLORS = {"critical": "tab:green", "diverged": "tab:red", "escaping": "tab:purple",
+_CLASS_COLORS = {"critical": "tab:green", "crossing": "tab:olive", "diverged": "tab:red",
+                 "escaping": "tab:purple",
                  "gradient_flat": "tab:orange", "stalled": "tab:brown", "budget": "tab:gray",
                  "unclassified": "0.7"}  # fmt: skip
 

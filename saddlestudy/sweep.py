@@ -451,6 +451,7 @@ def _rows(cfg, cell, arch, result, found, counts, kinds, keep, timings, precisio
         host["converged"], host["status"], host["gradient_flat"], host["iterations"],
         host["param_norm_history"], host["grad_norm_sq_history"],
     )  # fmt: skip
+    last_ratio = critical.last_step_ratio(host["iterations"], host["grad_norm_sq_history"])
     loss_steps, steps_taken = host["loss_steps"], host["steps"]
     prov = provenance()
     cfg_hash = study_config.config_hash(cfg)
@@ -517,6 +518,9 @@ def _rows(cfg, cell, arch, result, found, counts, kinds, keep, timings, precisio
             "start_param_norm": float(host["param_norm_history"][i][0]),
             "param_norm": float(host["param_norm_history"][i][int(host["iterations"][i])]),
             "distance_moved": float(host["distance_moved"][i]),
+            # |grad L|^2 after the last iteration / before it: above critical.NEWTON_RATE_BOUND
+            # a "critical" run crossed grad_tol without Newton's local rate (still travelling).
+            "last_step_ratio": float(last_ratio[i]),
             # What produced the counts: "eigh" (all P eigenvalues) or hessian_inertia's method.
             "spectrum_method": main.method,
             "zero_tol": primary_tol,

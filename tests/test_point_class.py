@@ -51,6 +51,31 @@ def test_a_slow_run_to_a_finite_critical_point_is_budget_and_a_fast_one_critical
     assert _class(_run(quadratic, [3.0, -1.0], max_iters=5)) == "critical"
 
 
+def test_the_last_step_ratio_tells_a_crossing_from_convergence(x64):
+    # L = 1 / (1 + w1^2) + w2^2 / 2 from w1 = 3: no finite critical point ahead. Newton's step
+    # is w1 / 3 (grad ~ -2 / w1^3, H ~ 6 / w1^4), so |grad L|^2 falls by (3/4)^6 = 0.178 a step
+    # and crosses 1e-10 at w1 ~ 77: "critical" by the cutoff, a crossing by its rate.
+    def inverse(p):
+        return 1 / (1 + p["w"][0] ** 2) + 0.5 * p["w"][1] ** 2
+
+    cp = _run(inverse, [3.0, 0.3], max_iters=200)
+    assert bool(cp.converged[0]) and float(cp.params["w"][0, 0]) > 50
+    ratio = critical.last_step_ratio(cp.iterations, cp.grad_norm_sq_history)[0]
+    assert ratio == pytest.approx((3 / 4) ** 6, rel=1e-3) and ratio > critical.NEWTON_RATE_BOUND
+
+    # L = w^4 (a zero of the gradient of multiplicity 3): Newton multiplies w by 2/3, so
+    # |grad L|^2 by (2/3)^6 = 0.088 < e^-2: a finite critical point, reached at Newton's rate.
+    def quartic(p):
+        return jnp.sum(p["w"] ** 4)
+
+    cp = _run(quartic, [1.0, -2.0], max_iters=200)
+    ratio = critical.last_step_ratio(cp.iterations, cp.grad_norm_sq_history)[0]
+    assert bool(cp.converged[0]) and float(jnp.max(jnp.abs(cp.params["w"]))) < 0.02
+    assert ratio == pytest.approx((2 / 3) ** 6, rel=1e-3) and ratio < critical.NEWTON_RATE_BOUND
+    # No iteration, no ratio.
+    assert np.isnan(critical.last_step_ratio([0], [[1e-12, np.nan]])[0])
+
+
 def test_escaping_needs_growth_that_does_not_level_off():
     n = 40
     decaying = np.geomspace(1.0, 1e-6, n + 1)
@@ -69,8 +94,17 @@ def test_escaping_needs_growth_that_does_not_level_off():
 
 def test_rows_store_the_class_and_what_tells_it(tiny_study):
     df = analysis.load(tiny_study)
-    assert set(df["point_class"]) <= set(critical.POINT_CLASSES)
-    assert ((df["point_class"] == "critical") == df["converged"]).all()
+    assert set(df["point_class"]) <= set(analysis.POINT_CLASSES) - {"unclassified"}
+    assert (df["point_class"].isin(["critical", "crossing"]) == df["converged"]).all()
+    # analysis calls a critical row a crossing exactly when its last step was slower than
+    # Newton's rate at a finite critical point
+    crossing = df["converged"] & (df["last_step_ratio"] > critical.NEWTON_RATE_BOUND)
+    assert ((df["point_class"] == "crossing") == crossing).all()
+    ran = df["iterations"] > 0
+    assert (
+        df.loc[ran, "last_step_ratio"].notna().all()
+        and df.loc[~ran, "last_step_ratio"].isna().all()
+    )
     flagged = df["gradient_flat"] & ~df["converged"]
     assert flagged[df["point_class"] == "gradient_flat"].all()
     assert df.loc[flagged, "point_class"].isin(["gradient_flat", "escaping"]).all()
