@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from saddlestudy.critical import NEWTON_RATE_BOUND  # noqa: E402
+
 GRAD_TOL = 1e-10  # the study's success cutoff (finder_study.GRAD_TOL)
 BUDGETS = (100, 500, 1000, 2000)
 # Iterations at which the compact records keep |grad L|^2 (log-spaced, for the figure).
@@ -48,6 +50,11 @@ def compact(rec: dict) -> dict:
     if rec["method"] == "nmr_continuation":  # its history is per L2 stage, not per iteration
         out["iters_to_tol"] = rec["iterations"] if rec["converged"] else None
     out["g2_at"] = {str(i): float(hist[i]) for i in KEEP_AT if i < hist.size}
+    n = int(rec["iterations"])  # the package's critical.last_step_ratio, on the history
+    out["last_step_ratio"] = (
+        float(hist[n] / hist[n - 1]) if rec["method"] != "nmr_continuation" and 1 <= n < hist.size
+        else None
+    )  # fmt: skip
     return out
 
 
@@ -93,8 +100,8 @@ def table(recs: Sequence[dict]) -> str:
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for (P, depth, opt, start, steps, method, iters, l2), rs in groups(recs).items():
-        if l2:
-            continue  # the L2 runs are reported in BENCHMARKS.md's text
+        if l2 or method == "deflation":
+            continue  # the L2 runs: BENCHMARKS.md's text; deflation: deflation_table
         n = len(rs)
         reach = [
             _ci(sum(r["iters_to_tol"] is not None and r["iters_to_tol"] <= b for r in rs), n)
@@ -104,6 +111,9 @@ def table(recs: Sequence[dict]) -> str:
         classes: dict[str, int] = {}
         for r in rs:
             cls = r.get("point_class") or ("critical" if r["converged"] else "—")
+            ratio = r.get("last_step_ratio")
+            if r["converged"] and ratio is not None and ratio > NEWTON_RATE_BOUND:
+                cls = "crossing"  # critical by the cutoff, not at Newton's rate (analysis)
             classes[cls] = classes.get(cls, 0) + 1
         flat = sum(r["flat_r"] > 0.9 for r in rs if not r["converged"])
         growth = np.median([r["theta_norm_end"] / r["theta_norm_start"] for r in rs])
@@ -113,6 +123,29 @@ def table(recs: Sequence[dict]) -> str:
             + " | " + ", ".join(f"{k} {v}" for k, v in sorted(classes.items()))
             + f" | {flat}/{n - sum(r['converged'] for r in rs)} | {growth:.1f} | "
             + f"{np.median([r['wall_s'] for r in rs]):.1f} s |"
+        )  # fmt: skip
+    return "\n".join(lines)
+
+
+def deflation_table(recs: Sequence[dict]) -> str:
+    """Per size, optimizer and start kind: how many starts gave a first critical point, and
+    the further points deflation found from them (how far apart, how their losses and
+    indices differ)."""
+    lines = ["| P | depth | trained by | start | starts with a first point | points per start "
+             "(median) | distance to the nearest earlier point | loss spread within a start "
+             "| indices |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (P, depth, opt, start, *_), rs in groups(recs).items():
+        rs = [r for r in rs if r["method"] == "deflation"]
+        if not rs:
+            continue
+        found = [r["points"] for r in rs if r["points"]]
+        dist = [p["distance_to_nearest_earlier"] for pts in found for p in pts[1:]]
+        spread = [max(p["loss"] for p in pts) - min(p["loss"] for p in pts) for pts in found]
+        index = sorted({p["num_negative"] for pts in found for p in pts})
+        lines.append(
+            f"| {P:,} | {depth} | {opt} | {start} | {len(found)}/{len(rs)} | "
+            + (f"{np.median([len(p) for p in found]):.0f} | {min(dist):.2g} … {max(dist):.2g} | "
+               f"≤ {max(spread):.1g} | {index} |" if found else "— | — | — | — |")
         )  # fmt: skip
     return "\n".join(lines)
 
@@ -185,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(*save_figure(figure(recs), args.figure, ("png", "pdf")))
     print(table(recs))
+    print()
+    print(deflation_table(recs))
     return 0
 
 
