@@ -23,6 +23,8 @@ use_bias = true
 loss = "auto"               # "auto" (cross-entropy to classify, mse to regress) or a loss
                             # name; squared errors on class labels use one-hot targets
 l2 = 0.0
+# [[model]] (an array of grids) lets each grid set its own [model.train] keys (e.g. fewer
+# replicas) and [model.finder] max_iters / grad_tol / batching (e.g. a larger budget)
 
 [[optimizer]]               # one table per optimizer: name + make_optimizer hyperparameters
 name = "irprop-"
@@ -134,6 +136,8 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 # that editing them does not orphan a finished study's results on disk.
 _PRESENTATION_TABLES = ("figures",)
 _MODEL_GRID_KEYS = ("depth", "width", "activation")
+# What a [model.finder] table may set for its cells (the method is a grid axis of [finder]).
+_MODEL_FINDER_KEYS = ("grad_tol", "max_iters", "batching")
 _TABLES = {"study", "data", "model", "optimizer", "train", "finder", "spectrum", "figures"}
 
 
@@ -208,9 +212,9 @@ def _resolve_model(key: str, given: Any, train_cfg: dict) -> dict:
     if not isinstance(given, dict):
         _fail(key, "must be a table ([model] or [[model]])")
     defaults = _DEFAULTS["model"]
-    extra = sorted(set(given) - set(defaults) - {"train"})
+    extra = sorted(set(given) - set(defaults) - {"train", "finder"})
     if extra:
-        _fail(f"{key}.{extra[0]}", f"unknown key; known keys: {sorted(defaults)} and train")
+        _fail(f"{key}.{extra[0]}", f"unknown key; known keys: {sorted(defaults)}, train, finder")
     model = {**copy.deepcopy(defaults), **copy.deepcopy(given)}
     for name in _MODEL_GRID_KEYS:
         model[name] = _as_list(f"{key}.{name}", model[name])
@@ -238,13 +242,35 @@ def _resolve_model(key: str, given: Any, train_cfg: dict) -> dict:
         if extra:
             _fail(f"{key}.train.{extra[0]}", f"unknown key; known: {sorted(_DEFAULTS['train'])}")
         _check_train(f"{key}.train", {**train_cfg, **own})
+    if "finder" in model:
+        own = model["finder"]
+        if not isinstance(own, dict):
+            _fail(f"{key}.finder", f"must be a table ([{key.split('[')[0]}.finder])")
+        extra = sorted(set(own) - set(_MODEL_FINDER_KEYS))
+        if extra:
+            _fail(f"{key}.finder.{extra[0]}", f"unknown key; known: {list(_MODEL_FINDER_KEYS)}")
+        _check_finder(f"{key}.finder", own)
     return model
+
+
+def _check_finder(key: str, finder: dict) -> None:
+    if "grad_tol" in finder and not (_is_number(finder["grad_tol"]) and finder["grad_tol"] > 0):
+        _fail(f"{key}.grad_tol", f"must be a number > 0, got {finder['grad_tol']!r}")
+    if "max_iters" in finder and not (is_int(finder["max_iters"]) and finder["max_iters"] >= 1):
+        _fail(f"{key}.max_iters", f"must be an int >= 1, got {finder['max_iters']!r}")
+    batching = finder.get("batching", "auto")
+    if batching not in FINDER_BATCHING and not (is_int(batching) and batching >= 1):
+        _fail(
+            f"{key}.batching",
+            f"unknown {batching!r}; choose from {FINDER_BATCHING} or a lane count k >= 1",
+        )
 
 
 def _resolve_models(given: Any, train_cfg: dict) -> dict | list[dict]:
     """``[model]`` (one grid) or ``[[model]]`` (a union of grids, e.g. other widths per depth
     so that depths meet at equal P); an entry's ``[model.train]`` replaces [train] keys for
-    its cells (e.g. fewer replicas or no snapshots at the largest sizes)."""
+    its cells (e.g. fewer replicas or no snapshots at the largest sizes), its
+    ``[model.finder]`` the finder's budget, tolerance or batching (not its method)."""
     if isinstance(given, list):
         if not given:
             _fail("model", "needs at least one [[model]] table")
@@ -260,6 +286,11 @@ def model_tables(cfg: dict) -> list[dict]:
 def cell_train(cfg: dict, model: dict) -> dict:
     """The [train] settings of a model grid's cells: the study's, with its own keys on top."""
     return {**cfg["train"], **model.get("train", {})}
+
+
+def cell_finder(cfg: dict, model: dict) -> dict:
+    """The [finder] settings of a model grid's cells: the study's, its [model.finder] on top."""
+    return {**cfg["finder"], **model.get("finder", {})}
 
 
 def resolve(raw: dict) -> dict:
@@ -340,16 +371,7 @@ def resolve(raw: dict) -> dict:
     for m in finder["method"]:
         if m not in FINDER_METHODS:
             _fail("finder.method", f"unknown {m!r}; choose from {FINDER_METHODS}")
-    if not _is_number(finder["grad_tol"]) or not finder["grad_tol"] > 0:
-        _fail("finder.grad_tol", f"must be a number > 0, got {finder['grad_tol']!r}")
-    if not is_int(finder["max_iters"]) or finder["max_iters"] < 1:
-        _fail("finder.max_iters", f"must be an int >= 1, got {finder['max_iters']!r}")
-    batching = finder["batching"]
-    if batching not in FINDER_BATCHING and not (is_int(batching) and batching >= 1):
-        _fail(
-            "finder.batching",
-            f"unknown {batching!r}; choose from {FINDER_BATCHING} or a lane count k >= 1",
-        )
+    _check_finder("finder", finder)
 
     spec = cfg["spectrum"]
     if spec["method"] not in SPECTRUM_METHODS:
@@ -532,6 +554,7 @@ def expand(cfg: dict, datasets: list[data.Dataset] | None = None) -> list[dict]:
 
 def _model_cells(cfg: dict, model: dict, datasets: list[data.Dataset], where: str) -> list[dict]:
     train_cfg = cell_train(cfg, model)
+    finder_cfg = cell_finder(cfg, model)
     cells = []
     grid = itertools.product(
         range(len(datasets)),
@@ -573,7 +596,7 @@ def _model_cells(cfg: dict, model: dict, datasets: list[data.Dataset], where: st
             "finder_method": finder_method,
             "num_samples": ds.num_samples,
         }
-        settings = {"train": train_cfg, "finder": cfg["finder"], "spectrum": cfg["spectrum"]}
+        settings = {"train": train_cfg, "finder": finder_cfg, "spectrum": cfg["spectrum"]}
         key = json.dumps(
             {
                 "cell": cell,  # not the spectrum method: under "auto" it depends on memory
@@ -586,6 +609,7 @@ def _model_cells(cfg: dict, model: dict, datasets: list[data.Dataset], where: st
         cell["cell_id"] = hashlib.sha256(key.encode()).hexdigest()[:16]
         cell["spectrum_method"] = spectrum_plan(cfg, arch.num_params)
         cell["train"] = train_cfg  # the cell's [train] settings (its [model.train] on top)
+        cell["finder"] = finder_cfg  # and [finder] settings (its [model.finder] on top)
         cells.append(cell)
     return cells
 
@@ -679,7 +703,7 @@ def describe(cfg: dict, cells: list[dict]) -> str:
         # (dense: P; Lanczos: at most max_matvecs; SLQ: probes x depth).
         P, N = c["num_params"], c["num_samples"]
         work += t["replicas"] * t["num_steps"] * P * N * 3
-        work += n * cfg["finder"]["max_iters"] * min(P, 50) * P * N * 4
+        work += n * c["finder"]["max_iters"] * min(P, 50) * P * N * 4
         work += n * _spectrum_matvecs(cfg["spectrum"], c["spectrum_method"], P) * P * N * 4
         lines.append(
             f"{c['cell_id']:16}  {c['dataset']:18} {c['depth']:>5} {str(c['width']):>8} "

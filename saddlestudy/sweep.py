@@ -198,7 +198,7 @@ def _run_cell(cfg: dict, cell: dict) -> tuple[pa.Table, dict[str, np.ndarray]]:
     ).reshape(-1)
 
     t0 = time.perf_counter()
-    fcfg = cfg["finder"]
+    fcfg = cell["finder"]  # [finder], with the cell's [model.finder] keys on top
     method, grad_tol = cell["finder_method"], fcfg["grad_tol"]
     stages = dtype
     if dtype == "float32" and method != "none":
@@ -500,7 +500,8 @@ def _rows(cfg, cell, arch, result, found, counts, kinds, keep, timings, precisio
             "train_diverged": bool(host["diverged"][r]),
             "train_loss": float(host["train_loss"][r]),
             "finder_method": cell["finder_method"],
-            "grad_tol": cfg["finder"]["grad_tol"],
+            "grad_tol": cell["finder"]["grad_tol"],
+            "max_iters": 0 if cell["finder_method"] == "none" else cell["finder"]["max_iters"],
             # The finder's precisions ("float64"; "float32+float64": float32, then polished in
             # float64) and the precision of the point and counts that classify the row.
             **precision,

@@ -327,6 +327,31 @@ def test_model_tables_union_their_grids_with_their_own_train_settings():
         config.expand(config.resolve(raw))
 
 
+def test_model_tables_may_set_their_own_finder_budget():
+    raw = with_(["model"], [{"depth": [1], "width": [3]}])
+    raw["finder"] = {"method": ["newton_mr"], "max_iters": 20}
+    raw["optimizer"] = raw["optimizer"][:1]
+    plain = config.resolve(raw)
+    raw["model"].append({"depth": [2], "width": [4], "finder": {"max_iters": 500}})
+    cfg = config.resolve(raw)
+    cells = {c["depth"]: c for c in config.expand(cfg)}
+    assert cells[1]["finder"]["max_iters"] == 20 and cells[2]["finder"]["max_iters"] == 500
+    assert cells[2]["finder"]["grad_tol"] == 1e-10  # the rest of [finder] is inherited
+    # A table without [model.finder] keeps its cells' ids; the study's hash changes.
+    assert cells[1]["cell_id"] == config.expand(plain)[0]["cell_id"]
+    assert config.config_hash(cfg) != config.config_hash(plain)
+    same = {**raw, "model": [raw["model"][0], {"depth": [2], "width": [4]}]}
+    assert config.expand(config.resolve(same))[1]["cell_id"] != cells[2]["cell_id"]
+    for finder, match in (
+        ({"method": "gradnorm"}, r"^model\[1\]\.finder\.method: unknown key"),
+        ({"max_iters": 0}, r"^model\[1\]\.finder\.max_iters: must be an int >= 1"),
+        ({"batching": "sideways"}, r"^model\[1\]\.finder\.batching: unknown 'sideways'"),
+    ):
+        raw["model"][1]["finder"] = finder
+        with pytest.raises(config.ConfigError, match=match):
+            config.resolve(raw)
+
+
 @pytest.mark.parametrize(
     "model, match",
     [

@@ -109,6 +109,10 @@ def test_rows_store_the_class_and_what_tells_it(tiny_study):
     assert flagged[df["point_class"] == "gradient_flat"].all()
     assert df.loc[flagged, "point_class"].isin(["gradient_flat", "escaping"]).all()
     assert (df["distance_moved"] >= 0).all() and (df["param_norm"] > 0).all()
+    # the budget is stored, and "budget" means it was spent
+    assert (df["iterations"] <= df["max_iters"]).all() and (df["max_iters"] > 0).all()
+    spent = df["point_class"] == "budget"
+    assert (df.loc[spent, "iterations"] == df.loc[spent, "max_iters"]).all()
     assert set(df["finder_status"]) <= set(critical.STATUS)
     fractions = analysis.class_fractions(df, by=["num_params"])
     total = fractions[[f"num_{c}" for c in analysis.POINT_CLASSES]].sum(axis=1)

@@ -3,9 +3,10 @@
 A study's results on disk are found by its config hash and cell ids: a change to either orphans
 finished results (a resumed sweep recomputes everything). ``tests/data/study_ids.json`` holds
 them for every sweep study in experiments/ (the full and the ``--quick`` version), as the code
-produced them when the file was written (2026-12-07, at commit 3f32a12; the census ids
-are those of the committed snapshot, ``results_snapshot/census.tar``). Rewrite the file only
-when a study's results really change, and say so in the commit:
+produced them when the file was written (2026-12-07), and the cells of the committed census
+store (``results_snapshot/census.tar``). Rewrite the file only when a study's results really
+change, and say so in the commit (the census's end-point cells changed on 2026-12-07: their
+Newton-MR budget went from 100 to 1,000 iterations):
 
     python -c "from tests.test_study_ids import current_ids; import json; \
         print(json.dumps(current_ids(), indent=1))" > tests/data/study_ids.json
@@ -21,6 +22,9 @@ from saddlestudy import config
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDED = json.loads((ROOT / "tests" / "data" / "study_ids.json").read_text())
+# The committed census store: the cells of the census config it was run with (recorded apart,
+# since the census config may have moved on while a rerun is under way).
+SNAPSHOT = "results_snapshot/census.tar"
 # experiments/lecture.toml configures scripts/lecture_example.py, not a sweep.
 NOT_SWEEPS = {"lecture"}
 
@@ -49,11 +53,15 @@ def ids(name: str, quick: bool) -> dict:
 
 
 def current_ids() -> dict:
-    return {study_key(n, q): ids(n, q) for n, q in sweep_studies()}
+    """What the code gives today, with the snapshot's entry carried over."""
+    return {
+        **{study_key(n, q): ids(n, q) for n, q in sweep_studies()},
+        SNAPSHOT: RECORDED[SNAPSHOT],
+    }
 
 
 def test_every_sweep_study_is_recorded():
-    assert sorted(study_key(n, q) for n, q in sweep_studies()) == sorted(RECORDED)
+    assert sorted(study_key(n, q) for n, q in sweep_studies()) == sorted(set(RECORDED) - {SNAPSHOT})
 
 
 @pytest.mark.parametrize("name, quick", sweep_studies(), ids=lambda v: str(v))
@@ -62,8 +70,8 @@ def test_config_hash_and_cell_ids_are_kept(name, quick):
 
 
 def test_the_census_snapshot_holds_the_recorded_cells():
-    with tarfile.open(ROOT / "results_snapshot" / "census.tar") as tar:
+    with tarfile.open(ROOT / SNAPSHOT) as tar:
         manifest = json.load(tar.extractfile("census/manifest.json"))
-    recorded = RECORDED["census"]
+    recorded = RECORDED[SNAPSHOT]
     assert manifest["config_hash"] == recorded["config_hash"]
     assert manifest["cells"] == recorded["cell_ids"]
