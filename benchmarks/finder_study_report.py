@@ -35,6 +35,7 @@ KEEP_AT = (0, 1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 70
 # Frye et al. (2021): Newton-MR (500 iterations) reached |grad L|^2 < 1e-10 or 1e-8 from
 # 10-34 % of starts at P ~ 400-1,160.
 FRYE_BAND = (0.10, 0.34)
+CENSUS_BUDGETS = (100, 1000)  # experiments/census.toml: [finder] and the end points' [model.finder]
 
 
 def compact(rec: dict) -> dict:
@@ -194,10 +195,13 @@ def figure(recs: Sequence[dict]):
         top.legend(fontsize=6)
     for ax in axes.flat:
         ax.set_xscale("log")
+        for budget in CENSUS_BUDGETS:
+            ax.axvline(budget, color="0.5", lw=0.8, ls=":")
     axes[0][0].set_ylabel("fraction with ‖∇L‖² < 1e-10 by then")
     axes[1][0].set_ylabel("median ‖∇L‖² (dotted: 1e-10)")
-    fig.suptitle("Newton-MR from census training end points (MNIST-1D, tanh, no L2); grey: "
-                 "Frye et al. 2021's 10–34 % at P ≈ 400–1,160", fontsize=9)  # fmt: skip
+    fig.suptitle("Newton-MR from census training end points (MNIST-1D, tanh, no L2); grey band: "
+                 "Frye et al. 2021's 10–34 % at P ≈ 400–1,160; dotted: the census's budgets "
+                 "(100 up to P ≈ 1e3, 1,000 from 5e3)", fontsize=9)  # fmt: skip
     return fig
 
 
