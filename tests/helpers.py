@@ -2,9 +2,15 @@
 (pytest puts this directory on the import path). Fixtures live in ``conftest.py``."""
 
 import contextlib
+import functools
+import itertools
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from jax._src import monitoring
+
+from saddlestudy import data, losses, models
 
 
 @contextlib.contextmanager
@@ -64,3 +70,36 @@ def count_compilations():
     finally:
         # jax.monitoring has no public unregister.
         monitoring.unregister_event_duration_listener(listen)
+
+
+# The deep linear autoencoder, small: n = 6, p = 2, N = 200, distinct eigenvalues.
+AE_N, AE_P = 6, 2
+AE_LAMBDA = np.array([3.0, 2.55, 2.05, 1.8, 1.2, 0.65])
+
+
+@functools.cache
+def autoencoder():
+    ds = data.linear_autoencoder(AE_N, 200, eigenvalues=AE_LAMBDA, rotate=True, seed=1,
+                                 dtype="float64")  # fmt: skip
+    config = models.linear_autoencoder_config(AE_N, AE_P)
+    loss = losses.make_loss_fn(
+        models.make_apply(config), jnp.asarray(ds.x), jnp.asarray(ds.y), loss="half_mse"
+    )
+    return loss, ds.metadata["eigenvalues"], ds.metadata["eigenvectors"]
+
+
+AE_SUBSETS = [I for k in range(AE_P + 1) for I in itertools.combinations(range(AE_N), k)]
+# The metadata's eigenvalues are AE_LAMBDA sorted descending (it already is).
+AE_VALUES = np.array([0.5 * (AE_LAMBDA.sum() - AE_LAMBDA[list(I)].sum()) for I in AE_SUBSETS])
+
+
+def ae_point(I, C):
+    """An analytic critical point: W = W1 W2 projects onto eigenvectors I (|I| <= p).
+
+    Any invertible C between the layers gives the same W (Baldi & Hornik 1989).
+    """
+    U = autoencoder()[2][:, list(I)]
+    K0, K1 = np.zeros((AE_N, AE_P)), np.zeros((AE_P, AE_N))
+    K0[:, : len(I)] = U @ C[: len(I), : len(I)]
+    K1[: len(I)] = np.linalg.inv(C[: len(I), : len(I)]) @ U.T
+    return {"layers": {0: {"kernel": jnp.asarray(K0)}, 1: {"kernel": jnp.asarray(K1)}}}

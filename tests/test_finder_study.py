@@ -5,16 +5,15 @@ with a known nearest point, and the analytic critical points of the deep linear 
 (Baldi & Hornik 1989); deflation against the same points."""
 
 import functools
-import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import AE_P, AE_SUBSETS, AE_VALUES, ae_point, autoencoder
 from jax.flatten_util import ravel_pytree
 
 from benchmarks import finder_study as fs
-from saddlestudy import data, losses, models
 
 # name -> the method with its budget, called as f(fun, theta0, grad_tol=...)
 METHODS = {
@@ -53,33 +52,6 @@ def test_singular_quadratic_reaches_the_nearest_critical_point(x64, name):
         # solution A^+ b from 0).
         expected = a_pinv @ np.asarray(b) + (np.eye(a.shape[0]) - a_pinv @ np.asarray(a)) @ theta0
         np.testing.assert_allclose(theta, expected, atol=1e-9)
-
-
-# The deep linear autoencoder, small: n = 6, p = 2, 200 samples, distinct eigenvalues.
-AE_N, AE_P = 6, 2
-AE_LAMBDA = np.array([3.0, 2.55, 2.05, 1.8, 1.2, 0.65])
-AE_SUBSETS = [I for k in range(AE_P + 1) for I in itertools.combinations(range(AE_N), k)]
-AE_VALUES = np.array([0.5 * (AE_LAMBDA.sum() - AE_LAMBDA[list(I)].sum()) for I in AE_SUBSETS])
-
-
-@functools.cache
-def autoencoder():
-    ds = data.linear_autoencoder(AE_N, 200, eigenvalues=AE_LAMBDA, rotate=True, seed=1,
-                                 dtype="float64")  # fmt: skip
-    config = models.linear_autoencoder_config(AE_N, AE_P)
-    loss = losses.make_loss_fn(
-        models.make_apply(config), jnp.asarray(ds.x), jnp.asarray(ds.y), loss="half_mse"
-    )
-    return loss, ds.metadata["eigenvectors"]
-
-
-def ae_point(I, C):
-    """W2 W1 = the projection onto eigenvectors I; any invertible C between the layers."""
-    U = autoencoder()[1][:, list(I)]
-    K0, K1 = np.zeros((AE_N, AE_P)), np.zeros((AE_P, AE_N))
-    K0[:, : len(I)] = U @ C[: len(I), : len(I)]
-    K1[: len(I)] = np.linalg.inv(C[: len(I), : len(I)]) @ U.T
-    return {"layers": {0: {"kernel": jnp.asarray(K0)}, 1: {"kernel": jnp.asarray(K1)}}}
 
 
 @pytest.mark.parametrize("name", METHODS)
