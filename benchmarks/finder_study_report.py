@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from saddlestudy.critical import NEWTON_RATE_BOUND  # noqa: E402
+from saddlestudy.critical import NEWTON_RATE_BOUND, last_step_ratio  # noqa: E402
 
 GRAD_TOL = 1e-10  # the study's success cutoff (finder_study.GRAD_TOL)
 BUDGETS = (100, 500, 1000, 2000)
@@ -51,11 +51,11 @@ def compact(rec: dict) -> dict:
     if rec["method"] == "nmr_continuation":  # its history is per L2 stage, not per iteration
         out["iters_to_tol"] = rec["iterations"] if rec["converged"] else None
     out["g2_at"] = {str(i): float(hist[i]) for i in KEEP_AT if i < hist.size}
-    n = int(rec["iterations"])  # the package's critical.last_step_ratio, on the history
+    n = int(rec["iterations"])
+    ratio = last_step_ratio([n], [hist])[0] if 1 <= n < hist.size else float("nan")
     out["last_step_ratio"] = (
-        float(hist[n] / hist[n - 1]) if rec["method"] != "nmr_continuation" and 1 <= n < hist.size
-        else None
-    )  # fmt: skip
+        None if rec["method"] == "nmr_continuation" or not np.isfinite(ratio) else float(ratio)
+    )
     return out
 
 
