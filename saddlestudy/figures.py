@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # no screen needed; figures go to files
 
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as mticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -579,18 +580,20 @@ def point_class_figure(df, *, start_kind: str | None = "end"):
     df = df if "point_class" in df else analysis.with_status(df)
     if start_kind is not None and "start_kind" in df:
         df = df[df["start_kind"] == start_kind]
+    # Every class that occurs at any depth is drawn in every panel (0 where absent), so the
+    # one legend names them all.
+    kinds = [kind for kind in analysis.POINT_CLASSES if (df["point_class"] == kind).any()]
     depths = sorted(set(df["depth"]))
     fig, axes = plt.subplots(1, len(depths), figsize=(4.2 * len(depths), 3.8),
                              layout="constrained", sharey=True, squeeze=False)  # fmt: skip
     nc = census.interpolation_threshold(df)
     for ax, depth in zip(axes[0], depths):
         table = analysis.class_fractions(df[df["depth"] == depth], by=["num_params"])
-        for kind in analysis.POINT_CLASSES:
-            if table[f"num_{kind}"].sum() == 0:
-                continue
+        for kind in kinds:
             _band(ax, table, f"fraction_{kind}", color=_CLASS_COLORS[kind], marker="o", ms=3,
                   label=kind)  # fmt: skip
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(mticker.NullFormatter())  # labels collide under 2 decades
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel("number of parameters P")
         ax.set_title(f"depth {depth}", fontsize=9)

@@ -195,3 +195,33 @@ def test_fractions_in_the_scaling_figure_have_exact_intervals():
     assert bars(conv_ax)[10] == pytest.approx((0.292, 1.0), abs=5e-4)
     assert bars(conv_ax)[20] == pytest.approx((0.0, 0.602), abs=5e-4)
     assert bars(left)[10] == pytest.approx((0.292, 1.0), abs=5e-4)
+
+
+def test_point_class_figure_names_every_class_in_its_legend_with_exact_intervals():
+    import pandas as pd
+
+    from saddlestudy import analysis
+
+    # depth 1: 2 of 2 starts critical; depth 2: 1 gradient-flat and 3 budget. Every class
+    # that occurs at some depth is drawn (and named) in every panel.
+    rows = [(1, 50, "critical")] * 2 + [(2, 60, "gradient_flat")] + [(2, 60, "budget")] * 3
+    df = pd.DataFrame([{
+        "num_params": P, "depth": depth, "start_kind": "end", "point_class": kind,
+        "study": "s", "config_hash": "h",
+    } for depth, P, kind in rows])  # fmt: skip
+    df["point_class"] = pd.Categorical(df["point_class"], analysis.POINT_CLASSES)
+    fig = figures.point_class_figure(df)
+    panels = [ax for ax in fig.axes if ax.get_title().startswith("depth")]
+    labels = [t.get_text() for t in panels[0].get_legend().get_texts()]
+    assert labels == ["critical", "gradient_flat", "budget"]
+
+    def point_and_bar(ax, kind):  # (fraction, (lower end, upper end)) at the panel's one P
+        (container,) = [c for c in ax.containers if c.get_label() == kind]
+        (segment,) = container.lines[2][0].get_segments()
+        return container.lines[0].get_ydata()[0], tuple(segment[:, 1])
+
+    # Clopper-Pearson 95 %: 3 of 4 -> [0.194, 0.994], 0 of 4 -> [0, 0.602] (binomial tables)
+    fraction, bar = point_and_bar(panels[1], "budget")
+    assert fraction == pytest.approx(0.75) and bar == pytest.approx((0.194, 0.994), abs=5e-4)
+    fraction, bar = point_and_bar(panels[1], "critical")
+    assert fraction == 0 and bar == pytest.approx((0.0, 0.602), abs=5e-4)
