@@ -34,7 +34,8 @@ import pandas as pd
 import threadpoolctl
 from scipy import optimize, stats
 
-from saddlestudy import critical, spectrum, store
+from saddlestudy import critical, rows, spectrum, store
+from saddlestudy.rows import tol_column, tol_name  # noqa: F401  (analysis.tol_column: public)
 
 ARCH = ["num_params", "depth", "widths", "activation"]
 DEFAULT_ZERO_TOL = spectrum.DEFAULT_ZERO_TOL
@@ -102,25 +103,6 @@ def class_fractions(df: pd.DataFrame, by: Sequence[str] = ARCH) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def tol_name(zero_tol: float) -> str:
-    """The tolerance as it appears in a column name: the fewest significant digits that read
-    back as the same float, e.g. ``1e-5``, ``1.2e-5``, ``1e-10`` (distinct tolerances always
-    get distinct names; one-digit tolerances keep the names results were stored under)."""
-    tau = float(zero_tol)
-    for digits in range(17):
-        text = f"{tau:.{digits}e}"
-        if float(text) == tau:
-            break
-    return text.replace("e-0", "e-").replace("e+0", "e+")
-
-
-def tol_column(kind: str, zero_tol: float, *, relative: bool = False) -> str:
-    """The stored column of a count at a zero tolerance, e.g. ``num_negative@1e-5`` or
-    ``num_negative@1.2e-5`` (:func:`tol_name`), or at a relative one (tau = c lambda_max),
-    e.g. ``num_negative@rel1e-3``."""
-    return f"{kind}@{'rel' if relative else ''}{tol_name(zero_tol)}"
-
-
 CLASSES = ("minimum", "saddle", "undetermined")
 
 
@@ -134,7 +116,7 @@ def negative_bounds(
     lo_col = tol_column("num_negative_lo", zero_tol, relative=relative)
     hi_col = tol_column("num_negative_hi", zero_tol, relative=relative)
     if count not in df and lo_col not in df:
-        stored = sorted(c.split("@", 1)[1] for c in df.columns if c.startswith("num_negative@"))
+        stored = [tol_column("", t, relative=r)[1:] for t, r in rows.thresholds(df.columns)]
         raise KeyError(f"no counts at {count.split('@', 1)[1]}; this study has {stored}")
     neg = df[count].to_numpy(float) if count in df else np.full(len(df), np.nan)
     lo = df[lo_col].to_numpy(float) if lo_col in df else neg

@@ -39,8 +39,8 @@ from saddlestudy.analysis import (
     classify,
     negative_bounds,
     proportion_ci,
-    tol_column,
 )
+from saddlestudy.rows import tol_column
 
 DEFAULT_LOOSE_CUTOFF = 1e-6  # |grad L|^2 below which a point counts at the loose cutoff
 _RESAMPLES = 1000

@@ -83,7 +83,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from saddlestudy import data, inertia, losses, models, optim, spectrum
+from saddlestudy import data, inertia, losses, models, optim, rows, spectrum
 from saddlestudy._checks import is_int
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -197,12 +197,10 @@ def _check_train(key: str, train_cfg: dict) -> None:
 def _check_tol_columns(spec: dict) -> None:
     """Two tolerances of one list that would store their counts under one column name (the
     second overwriting the first) are refused."""
-    from saddlestudy.analysis import tol_column  # here: analysis imports pandas and scipy
-
     for key, relative in (("zero_tols", False), ("relative_tols", True)):
         seen: dict[str, float] = {}
         for tol in spec[key]:
-            name = tol_column("num_negative", tol, relative=relative)
+            name = rows.tol_column("num_negative", tol, relative=relative)
             if name in seen:
                 _fail(f"spectrum.{key}", f"{seen[name]!r} and {tol!r} share the column {name}")
             seen[name] = tol

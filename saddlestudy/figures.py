@@ -15,7 +15,7 @@ import matplotlib.ticker as mticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from saddlestudy import analysis, census  # noqa: E402
+from saddlestudy import analysis, census, rows  # noqa: E402
 from saddlestudy.config import DEFAULT_FIGURE_CUTOFFS  # noqa: E402
 from saddlestudy.store import StoreCorruptError  # noqa: E402
 
@@ -681,7 +681,7 @@ def study_figures(
 
 def _study_relative_tol(df) -> float | None:
     """The smallest relative threshold c the study counted at (an ``@rel`` column), if any."""
-    rel = [float(c.split("@rel")[1]) for c in df.columns if c.startswith("num_negative@rel")]
+    rel = [c for c, relative in rows.thresholds(df.columns) if relative]
     return min(rel) if rel else None
 
 

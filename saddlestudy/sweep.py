@@ -45,6 +45,7 @@ from saddlestudy import (
     losses,
     models,
     optim,
+    rows,
     spectrum,
     store,
     train,
@@ -549,56 +550,17 @@ def _rows(cfg, cell, arch, result, found, counts, kinds, keep, timings, precisio
             "dtype": cfg["study"]["dtype"],
         }
         for (tol, relative), x in zip(thresholds, inertias, strict=True):
-            row.update(_count_columns(tol, relative, x))
+            row.update(rows.count_values(tol, relative, x))
         for key, value in row.items():
             columns.setdefault(key, []).append(value)
         if eigenvalues is not None:  # all P of them: nothing partial is ever stored
             arrays[f"{row_id}/eigenvalues"] = eigenvalues
-    return pa.table({k: pa.array(v, type=_column_type(k)) for k, v in columns.items()}), arrays
-
-
-def _exact(value, x):
-    """An exact count as an int, else None (an estimate or NaN is never stored as a count)."""
-    if not x.exact or value is None or not math.isfinite(float(value)):
-        return None
-    return int(value)
+    return rows.table(columns, rows.schema(spec["zero_tols"], spec["relative_tols"])), arrays
 
 
 def _nullable_fraction(value, x):
-    count = _exact(value, x)
+    count = rows.exact_count(value, x.exact)
     return None if count is None else count / x.num_params
-
-
-def _count_columns(tol: float, relative: bool, x) -> dict:
-    """The columns of one threshold (named by :func:`saddlestudy.analysis.tol_column`): exact
-    counts (or null), bounds, SEM, estimate; relative thresholds also the tau used."""
-    estimate = float(x.index) if x.index is not None else math.nan
-    values = {
-        "num_negative": _exact(x.num_negative, x),
-        "num_zero": _exact(x.num_zero, x),
-        "num_positive": _exact(x.num_positive, x),
-        "num_negative_lo": int(x.num_negative_lo),
-        "num_negative_hi": int(x.num_negative_hi),
-        "index_estimate": estimate if math.isfinite(estimate) else None,
-        "index_sem": 0.0 if x.exact else float(x.index_sem),
-        "index_bias_bound": 0.0 if x.exact else float(x.index_bias_bound),
-    }
-    if relative:
-        values["tau"] = float(x.zero_tol)
-    return {analysis.tol_column(k, tol, relative=relative): v for k, v in values.items()}
-
-
-def _column_type(name: str) -> pa.DataType | None:
-    # Nullable columns get their type even when a cell has only nulls in them.
-    if name.startswith("num_") and "@" in name:
-        return pa.int64()
-    if name.split("@")[0] in ("index_estimate", "index_sem", "index_bias_bound", "tau"):
-        return pa.float64()
-    if name in ("index", "minimum_ratio", "start_loss_level"):
-        # start_loss_level: also where the TOML wrote a level as an integer (an int64 part
-        # would not concatenate with the double parts of other cells).
-        return pa.float64()
-    return None
 
 
 # -- the study -------------------------------------------------------------------------------
@@ -788,7 +750,7 @@ def summarize(table: pa.Table) -> str:
     df = analysis.with_status(table.to_pandas())
     zero_tol = float(df["zero_tol"].iloc[0]) if "zero_tol" in df else analysis.DEFAULT_ZERO_TOL
     df["kind"] = analysis.classify(df, zero_tol)
-    df["exact_index"] = df[analysis.tol_column("num_negative", zero_tol)] / df["num_params"]
+    df["exact_index"] = df[rows.tol_column("num_negative", zero_tol)] / df["num_params"]
     header = (
         f"{'P':>6} {'depth':>5} {'widths':>8} {'act':>6} {'points':>6} {'conv':>6} "
         f"{'flat':>6} {'minima':>7} {'undet.':>7} {'med.index':>9}"

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from saddlestudy import analysis, census
+from saddlestudy.rows import tol_column
 
 ZERO_TOL = analysis.DEFAULT_ZERO_TOL
 
@@ -44,7 +45,7 @@ def _header(name: str, df: pd.DataFrame) -> str:
 
 def _index(df):
     """num_negative / P where the count is exact, NaN (never 0) elsewhere."""
-    return df[analysis.tol_column("num_negative", ZERO_TOL)] / df["num_params"]
+    return df[tol_column("num_negative", ZERO_TOL)] / df["num_params"]
 
 
 def _fit(df):
@@ -99,9 +100,7 @@ def index_vs_loss(df: pd.DataFrame) -> str:
 
 
 def minimum_ratio(df: pd.DataFrame) -> str:
-    df = df.assign(
-        minimum_ratio=df[analysis.tol_column("num_positive", ZERO_TOL)] / df["num_params"]
-    )
+    df = df.assign(minimum_ratio=df[tol_column("num_positive", ZERO_TOL)] / df["num_params"])
     rows = []
     for (opt, kind), g in df.groupby(["optimizer", "start_kind"], observed=True):
         rows.append({"optimizer": opt, "where": kind, "points": len(g),
@@ -111,7 +110,7 @@ def minimum_ratio(df: pd.DataFrame) -> str:
                      "points with an exact ratio": int(g["minimum_ratio"].notna().sum()),
                      "max min. ratio": float(g["minimum_ratio"].max()),
                      "with λ_min < -1e-5": int(
-                         (g[analysis.tol_column("num_negative_lo", ZERO_TOL)] > 0).sum()
+                         (g[tol_column("num_negative_lo", ZERO_TOL)] > 0).sum()
                      )})  # fmt: skip
     return _table(pd.DataFrame(rows)) + "\n"
 

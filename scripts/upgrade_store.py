@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from saddlestudy import analysis, inertia
+from saddlestudy import inertia, rows
 
 NEW_FLOAT = ("lambda_min_lo", "lambda_min_hi", "lambda_max_lo", "lambda_max_hi", "ritz_min",
              "ritz_min_residual")  # fmt: skip
@@ -64,7 +64,7 @@ def _eigh_row(row: dict, eig: np.ndarray, absolute, relative) -> dict:
         out[f"num_negative_lo@{name}"] = rec["num_negative_lo"]
         out[f"num_negative_hi@{name}"] = rec["num_negative_hi"]
         out[f"index_estimate@{name}"] = float(rec["num_negative"]) / P
-    primary = analysis.tol_name(float(row["zero_tol"]))
+    primary = rows.tol_name(float(row["zero_tol"]))
     main = records[(list(absolute) + list(relative)).index(primary)]
     out["counts_exact"] = bool(main["exact"])
     out["index"] = out[f"num_negative@{primary}"] / P if main["exact"] else None

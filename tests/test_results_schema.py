@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from saddlestudy import analysis, store
+from saddlestudy import rows, store
 
 pytestmark = pytest.mark.e2e  # the schema page against a finished study
 
@@ -49,13 +49,14 @@ def expand(columns: dict[str, set[str]], absolute: list[str], relative: list[str
 
 def test_results_schema_doc_matches_a_real_run(tiny_study):
     spec = json.loads((tiny_study / "config.json").read_text())["spectrum"]
-    absolute = [analysis.tol_name(t) for t in spec["zero_tols"]]
-    relative = ["rel" + analysis.tol_name(c) for c in spec["relative_tols"]]
+    absolute = [rows.tol_name(t) for t in spec["zero_tols"]]
+    relative = ["rel" + rows.tol_name(c) for c in spec["relative_tols"]]
     assert absolute and relative, "the tiny study should count at both kinds of threshold"
     documented = expand(documented_columns(), absolute, relative)
 
     table = store.load_results(tiny_study)
     schemas = [("load_results", table.schema)]
+    schemas += [("rows.schema", rows.schema(spec["zero_tols"], spec["relative_tols"]))]
     parts = sorted((tiny_study / "parts").glob("*.parquet"))
     schemas += [(part.name, pq.read_schema(part)) for part in parts]
     for where, schema in schemas:
