@@ -63,6 +63,10 @@ failure_prob = 1e-3         # matrix-free: the chance that an upper bound on a c
 
 [figures]                   # how python -m saddlestudy.figures draws it (not hashed: editing
 cutoffs = [1e-10, 1e-6]     # it keeps the results); |grad L|^2 cutoffs of the panels
+draw = ["index_vs_loss", "index_vs_loss_cutoffs", "scaling", "minimum_ratio",
+        "spectral_density"]  # which figures (config.FIGURES); a census adds "census",
+                            # "census_strict", "point_classes" and "matched_loss"
+reference = "none"          # "linear_autoencoder": the exact critical points drawn behind
 
 [quick.train]               # optional: the reduced study of `sweep --quick`, e.g.
 replicas = 2                # (replaces train.replicas; [[quick.data]] replaces [[data]])
@@ -99,6 +103,21 @@ CELL_SPECTRUM_METHODS = ("eigh", "dense", "lanczos", "slq", "lanczos+slq")
 FINDER_BATCHING = ("auto", "map", "vmap")
 # |grad L|^2 cutoffs of the strict / loose index-vs-loss panels ([figures] cutoffs).
 DEFAULT_FIGURE_CUTOFFS = [1e-10, 1e-6]
+# The figures a study can ask for ([figures] draw), and those it gets unless it says.
+FIGURES = (
+    "index_vs_loss",
+    "index_vs_loss_cutoffs",
+    "scaling",
+    "minimum_ratio",
+    "spectral_density",
+    "census",
+    "census_strict",
+    "point_classes",
+    "matched_loss",
+)
+DEFAULT_FIGURES = FIGURES[:5]
+# [figures] reference: exact critical points drawn behind the index-vs-loss panels.
+FIGURE_REFERENCES = ("none", "linear_autoencoder")
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "study": {"name": None, "description": "", "seed": 0, "dtype": "float64"},
@@ -130,7 +149,11 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "failure_prob": 1e-3,
     },
     # How the study is drawn (python -m saddlestudy.figures); not part of the config hash.
-    "figures": {"cutoffs": DEFAULT_FIGURE_CUTOFFS},
+    "figures": {
+        "cutoffs": DEFAULT_FIGURE_CUTOFFS,
+        "draw": list(DEFAULT_FIGURES),
+        "reference": "none",
+    },
 }
 # Tables that change how results are shown, never the results: left out of config_hash, so
 # that editing them does not orphan a finished study's results on disk.
@@ -402,6 +425,16 @@ def resolve(raw: dict) -> dict:
             "figures.cutoffs", f"squared-gradient-norm cutoffs must be numbers > 0, got {cutoffs!r}"
         )
     cfg["figures"]["cutoffs"] = [float(c) for c in cutoffs]
+    draw = _as_list("figures.draw", cfg["figures"]["draw"])
+    for name in draw:
+        if name not in FIGURES:
+            _fail("figures.draw", f"unknown figure {name!r}; choose from {FIGURES}")
+    cfg["figures"]["draw"] = [name for name in FIGURES if name in draw]  # one order
+    if cfg["figures"]["reference"] not in FIGURE_REFERENCES:
+        _fail(
+            "figures.reference",
+            f"unknown {cfg['figures']['reference']!r}; choose from {FIGURE_REFERENCES}",
+        )
     return cfg
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +17,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from saddlestudy import analysis, census, rows  # noqa: E402
-from saddlestudy.config import DEFAULT_FIGURE_CUTOFFS  # noqa: E402
+from saddlestudy.config import (  # noqa: E402
+    DEFAULT_FIGURE_CUTOFFS,
+    DEFAULT_FIGURES,
+    FIGURE_REFERENCES,
+    FIGURES,
+)
 from saddlestudy.store import StoreCorruptError  # noqa: E402
 
 # Fixed metadata so that the same data give byte-identical files (no dates, no versions).
@@ -606,24 +612,44 @@ def point_class_figure(df, *, start_kind: str | None = "end"):
     return fig
 
 
-def study_cutoffs(root: str | Path) -> tuple[float, ...]:
-    """The index-vs-loss cutoffs of a study: its config's ``[figures] cutoffs``.
+@dataclasses.dataclass(frozen=True)
+class FigureSettings:
+    """A study's ``[figures]`` table (``config.FIGURES``, ``config.FIGURE_REFERENCES``), and
+    ``note``: what was assumed where the study's config.json does not say."""
 
-    Read from the ``config.json`` the sweep wrote beside the results; studies run before
-    the ``[figures]`` table existed get ``DEFAULT_CUTOFFS``.
-    """
+    cutoffs: tuple[float, ...] = DEFAULT_CUTOFFS
+    draw: tuple[str, ...] = DEFAULT_FIGURES
+    reference: str = "none"
+    note: str = ""
+
+
+def study_settings(root: str | Path) -> FigureSettings:
+    """How to draw a study: the ``[figures]`` table of the ``config.json`` the sweep wrote
+    beside the results. A study run before a key existed gets its default, and ``note`` says
+    so (rerunning the sweep over the finished study rewrites config.json, recomputing
+    nothing)."""
     path = Path(root) / "config.json"
     try:
         cfg = json.loads(path.read_text())
     except FileNotFoundError:
-        return DEFAULT_CUTOFFS
+        return FigureSettings(note=f"{path} not found: the default figures and cutoffs")
     except json.JSONDecodeError as err:
         raise StudyConfigError(f"{path} is not valid JSON: {err}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise StudyConfigError(f"{path} is unreadable: {str(err).splitlines()[0]}") from None
     if not isinstance(cfg, dict):
         raise StudyConfigError(f"{path} is a JSON {type(cfg).__name__}, not a config object")
-    return tuple(float(c) for c in cfg.get("figures", {}).get("cutoffs", DEFAULT_CUTOFFS))
+    table = cfg.get("figures", {})
+    missing = [key for key in ("cutoffs", "draw", "reference") if key not in table]
+    unknown = sorted(set(table.get("draw", ())) - set(FIGURES))
+    if unknown or table.get("reference", "none") not in FIGURE_REFERENCES:
+        raise StudyConfigError(f"{path}: [figures] names unknown figures or reference: {table}")
+    return FigureSettings(
+        cutoffs=tuple(float(c) for c in table.get("cutoffs", DEFAULT_CUTOFFS)),
+        draw=tuple(table.get("draw", DEFAULT_FIGURES)),
+        reference=table.get("reference", "none"),
+        note=f"{path} predates [figures] {', '.join(missing)}: defaults used" if missing else "",
+    )
 
 
 def study_figures(
@@ -632,50 +658,65 @@ def study_figures(
     formats=("png", "pdf"),
     *,
     cutoffs: Sequence[float] | None = None,
+    draw: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Writes every figure of a study directory; returns the paths written.
+    """Writes the figures a study asks for (its ``[figures] draw``, or ``draw``); returns the
+    paths written.
 
     ``cutoffs``: the squared-gradient-norm cutoffs of the strict/loose index-vs-loss panels
-    (default: the study's ``[figures] cutoffs``, see :func:`study_cutoffs`).
-    For a deep linear autoencoder study the exact critical points are drawn behind.
+    (default: the study's ``[figures] cutoffs``, see :func:`study_settings`). With
+    ``[figures] reference = "linear_autoencoder"`` the exact critical points are drawn behind.
+
+    Raises:
+      StudyConfigError: a figure the rows cannot give (matched_loss without loss-level
+        starts), or a reference the rows do not match.
     """
     from saddlestudy import analysis, store
 
     root = Path(root)
     df = analysis.load(root)
-    if cutoffs is None:
-        cutoffs = study_cutoffs(root)
+    settings = study_settings(root)
+    cutoffs = tuple(cutoffs) if cutoffs is not None else settings.cutoffs
+    draw = tuple(draw) if draw is not None else settings.draw
+    unknown = sorted(set(draw) - set(FIGURES))
+    if unknown:
+        raise StudyConfigError(f"unknown figures {unknown}; choose from {FIGURES}")
+    if "matched_loss" in draw and not (df["start_kind"] == "loss").any():
+        raise StudyConfigError("matched_loss: the study has no loss-level starts")
+    reference = None
+    if settings.reference == "linear_autoencoder":
+        reference = analysis.exact_reference(df)
+        if reference is None:
+            raise StudyConfigError(
+                "[figures] reference = linear_autoencoder, but the rows are not one deep "
+                "linear autoencoder (identity, depth 1, no biases, half MSE, one P)"
+            )
     out = Path(out) if out is not None else Path("figures") / root.name
     spectra, densities = {}, {}
-    for row_id in df["row_id"]:
-        arrays = store.load_spectrum(root.parent, root.name, row_id)
-        if "eigenvalues" in arrays:  # the figure keeps only complete spectra
-            spectra[row_id] = arrays["eigenvalues"]
-        if "density" in arrays and "density_grid" in arrays:
-            densities[row_id] = (arrays["density_grid"], arrays["density"])
-    reference = analysis.exact_reference(df)
+    if "spectral_density" in draw:
+        for row_id in df["row_id"]:
+            arrays = store.load_spectrum(root.parent, root.name, row_id)
+            if "eigenvalues" in arrays:  # the figure keeps only complete spectra
+                spectra[row_id] = arrays["eigenvalues"]
+            if "density" in arrays and "density_grid" in arrays:
+                densities[row_id] = (arrays["density_grid"], arrays["density"])
+    relative = _study_relative_tol(df)
+    makers = {
+        "index_vs_loss": lambda: index_vs_loss_figure(df, reference=reference),
+        "index_vs_loss_cutoffs": lambda: index_vs_loss_figure(
+            df, cutoffs=cutoffs, reference=reference
+        ),
+        "scaling": lambda: scaling_figure(df),
+        "minimum_ratio": lambda: minimum_ratio_figure(df),
+        "spectral_density": lambda: spectral_density_figure(df, spectra, densities),
+        "census": lambda: census_figure(df, cutoff=max(cutoffs), relative_tol=relative),
+        "census_strict": lambda: census_figure(df, cutoff=min(cutoffs), relative_tol=relative),
+        "point_classes": lambda: point_class_figure(df),
+        "matched_loss": lambda: matched_loss_figure(df, cutoffs=cutoffs),
+    }
     paths = []
-    paths += save_figure(index_vs_loss_figure(df, reference=reference), out / "index_vs_loss",
-                         formats)  # fmt: skip
-    paths += save_figure(
-        index_vs_loss_figure(df, cutoffs=cutoffs, reference=reference),
-        out / "index_vs_loss_cutoffs",
-        formats,
-    )
-    paths += save_figure(scaling_figure(df), out / "scaling", formats)
-    paths += save_figure(minimum_ratio_figure(df), out / "minimum_ratio", formats)
-    paths += save_figure(
-        spectral_density_figure(df, spectra, densities), out / "spectral_density", formats
-    )
-    if df["num_params"].max() >= 10 * df["num_params"].min():  # a census: a decade or more
-        relative = _study_relative_tol(df)
-        for name, cutoff in (("census", max(cutoffs)), ("census_strict", min(cutoffs))):
-            fig = census_figure(df, cutoff=cutoff, relative_tol=relative)
-            paths += save_figure(fig, out / name, formats)
-        paths += save_figure(point_class_figure(df), out / "point_classes", formats)
-        if (df["start_kind"] == "loss").any():
-            paths += save_figure(matched_loss_figure(df, cutoffs=cutoffs), out / "matched_loss",
-                                 formats)  # fmt: skip
+    for name in draw:
+        paths += save_figure(makers[name](), out / name, formats)
     return paths
 
 
@@ -703,12 +744,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="|grad L|^2 cutoffs of the strict/loose index-vs-loss panels (default: the "
         "study's [figures] cutoffs, else 1e-10 1e-6)",
     )
+    parser.add_argument(
+        "--draw",
+        nargs="+",
+        default=None,
+        choices=FIGURES,
+        help="which figures (default: the study's [figures] draw)",
+    )
     args = parser.parse_args(argv)
     if args.cutoffs and min(args.cutoffs) <= 0:
         print(f"error: --cutoffs must be > 0, got {args.cutoffs}", file=sys.stderr)
         return 2
     try:
-        paths = study_figures(args.results, args.out, cutoffs=args.cutoffs)
+        note = study_settings(args.results).note
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+        paths = study_figures(args.results, args.out, cutoffs=args.cutoffs, draw=args.draw)
     except (FileNotFoundError, StudyConfigError, StoreCorruptError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,18 +1,23 @@
 import hashlib
+import json
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from saddlestudy import figures, store
+from saddlestudy import config, figures, store
+
+CENSUS_FIGURES = (*config.DEFAULT_FIGURES, "census", "census_strict", "point_classes")
 
 
-def fake_study(root, seed=0):
-    """A study shaped like the sweep's output, with known spectra."""
+def fake_study(root, seed=0, figures_table=None):
+    """A study shaped like the sweep's output, with known spectra (and ``figures_table`` as
+    its config's [figures], if given)."""
     rng = np.random.default_rng(seed)
     st = store.Store(root, "fake")
     with st.lock():
-        st.prepare({}, "cafe", {"config_hash": "cafe"})
+        cfg = {} if figures_table is None else {"figures": figures_table}
+        st.prepare(cfg, "cafe", {"config_hash": "cafe"})
         for P in (20, 60, 200):
             rows, spectra = [], {}
             for i in range(12):
@@ -36,21 +41,12 @@ def fake_study(root, seed=0):
 
 @pytest.mark.e2e  # every figure of a study, through the command line
 def test_study_figures_are_written_and_deterministic(tmp_path):
-    directory = fake_study(tmp_path / "results")
+    table = {"cutoffs": [1e-10, 1e-6], "draw": list(CENSUS_FIGURES), "reference": "none"}
+    directory = fake_study(tmp_path / "results", figures_table=table)
     assert figures.main([str(directory), "--out", str(tmp_path / "a")]) == 0
     assert figures.main([str(directory), "--out", str(tmp_path / "b")]) == 0
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
-    stems = (
-        "index_vs_loss",
-        "index_vs_loss_cutoffs",
-        "scaling",
-        "minimum_ratio",
-        "spectral_density",
-        "census",  # the study spans a decade of P
-        "census_strict",
-        "point_classes",
-    )
-    assert names == sorted(f"{stem}.{ext}" for stem in stems for ext in ("png", "pdf"))
+    assert names == sorted(f"{stem}.{ext}" for stem in CENSUS_FIGURES for ext in ("png", "pdf"))
     for name in names:
         a, b = (tmp_path / d / name for d in "ab")
         assert a.stat().st_size > 10_000
@@ -73,9 +69,11 @@ def test_unknown_format_is_refused(tmp_path):
 @pytest.mark.e2e  # every figure of a study, through the command line
 def test_cutoffs_come_from_the_study_config_unless_given(tmp_path, monkeypatch, capsys):
     directory = fake_study(tmp_path / "results")
-    assert figures.study_cutoffs(directory) == figures.DEFAULT_CUTOFFS  # no [figures] table
+    settings = figures.study_settings(directory)  # no [figures] table
+    assert settings.cutoffs == figures.DEFAULT_CUTOFFS and settings.draw == config.DEFAULT_FIGURES
+    assert "predates [figures] cutoffs, draw, reference" in settings.note
     (directory / "config.json").write_text('{"figures": {"cutoffs": [1e-10, 0.001, 1.0]}}')
-    assert figures.study_cutoffs(directory) == (1e-10, 1e-3, 1.0)
+    assert figures.study_settings(directory).cutoffs == (1e-10, 1e-3, 1.0)
     drawn = []
     real = figures.index_vs_loss_figure
 
@@ -88,6 +86,7 @@ def test_cutoffs_come_from_the_study_config_unless_given(tmp_path, monkeypatch, 
     assert drawn == [None, (1e-10, 1e-3, 1.0)]
     assert figures.main([str(directory), "--out", str(tmp_path / "b"), "--cutoffs", "1e-4"]) == 0
     assert drawn[-1] == (1e-4,)
+    assert "note: " in capsys.readouterr().err  # the defaults are said, in one line
     (directory / "config.json").write_text("{broken")
     assert figures.main([str(directory), "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
@@ -225,3 +224,34 @@ def test_point_class_figure_names_every_class_in_its_legend_with_exact_intervals
     assert fraction == pytest.approx(0.75) and bar == pytest.approx((0.194, 0.994), abs=5e-4)
     fraction, bar = point_and_bar(panels[1], "critical")
     assert fraction == 0 and bar == pytest.approx((0.0, 0.602), abs=5e-4)
+
+
+def test_the_study_says_which_figures_it_gets(tmp_path, capsys):
+    table = {"cutoffs": [1e-10, 1e-6], "draw": ["scaling", "census"], "reference": "none"}
+    directory = fake_study(tmp_path / "results", figures_table=table)
+    paths = figures.study_figures(directory, tmp_path / "b", formats=("png",))
+    assert sorted(p.name for p in paths) == ["census.png", "scaling.png"]
+    only = figures.study_figures(directory, tmp_path / "c", formats=("png",), draw=["scaling"])
+    assert [p.name for p in only] == ["scaling.png"]
+    # what the rows cannot give is refused in one line, before anything is drawn
+    with pytest.raises(figures.StudyConfigError, match="no loss-level starts"):
+        figures.study_figures(directory, tmp_path / "d", draw=["matched_loss"])
+    bad = {**table, "reference": "linear_autoencoder"}
+    (directory / "config.json").write_text(json.dumps({"figures": bad}))
+    with pytest.raises(figures.StudyConfigError, match="not one deep linear autoencoder"):
+        figures.study_figures(directory, tmp_path / "e")
+    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
+
+
+def test_the_figures_table_is_checked_and_not_hashed():
+    base = {"study": {"name": "x"}, "data": [{"name": "digits"}],
+            "optimizer": [{"name": "adam", "learning_rate": 0.01}]}  # fmt: skip
+    plain = config.resolve(base)
+    assert plain["figures"]["draw"] == list(config.DEFAULT_FIGURES)
+    drawn = config.resolve({**base, "figures": {"draw": ["census", "scaling"]}})
+    assert drawn["figures"]["draw"] == ["scaling", "census"]  # config.FIGURES order
+    assert config.config_hash(drawn) == config.config_hash(plain)
+    with pytest.raises(config.ConfigError, match=r"^figures.draw: unknown figure 'histogram'"):
+        config.resolve({**base, "figures": {"draw": ["histogram"]}})
+    with pytest.raises(config.ConfigError, match=r"^figures.reference: unknown 'teacher'"):
+        config.resolve({**base, "figures": {"reference": "teacher"}})
