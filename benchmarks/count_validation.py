@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import saddlestudy as ss
-from saddlestudy import critical, data, figures, losses, models, optim, sweep, train
+from saddlestudy import critical, data, figures, losses, models, optim, pipeline, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "count_validation.jsonl"
@@ -257,11 +257,11 @@ def newton_mr_points(n: int, starts: int, iters: int, key: jax.Array) -> Iterato
 
 def mlp_point(width: int, key: jax.Array, adam_steps: int = 2000, iters: int = 100) -> Point:
     """MNIST-1D (640 generated, N = 512 train), tanh MLP 40-width-10, squared error on one-hot
-    targets (the census's ``sweep.loss_targets``), no L2; Adam (lr 0.01), then Newton-MR."""
+    targets (the census's ``pipeline.loss_targets``), no L2; Adam (lr 0.01), then Newton-MR."""
     ds = data.load_dataset("mnist1d", num_samples=640, dtype="float64")
     arch = models.MLPConfig(ds.input_dim, ds.output_dim, depth=1, width=width, activation="tanh")
     loss = losses.make_loss_fn(
-        models.make_apply(arch), jnp.asarray(ds.x), sweep.loss_targets(ds, "mse"), loss="mse"
+        models.make_apply(arch), jnp.asarray(ds.x), pipeline.loss_targets(ds, "mse"), loss="mse"
     )
     params_R = models.init_replicas(arch, jax.random.fold_in(key, width), 1, "float64")
     trained = train.train_replicas(

@@ -7,7 +7,7 @@
 The problem is the census's (experiments/census.toml): MNIST-1D, 512 training samples (640
 generated, the package's 80/20 split), 40 inputs, tanh MLP of the given depth and width with
 biases, 10 outputs, squared error on one-hot targets (``losses.make_loss_fn(..., loss="mse")``),
-float64. R replicas are initialised as the sweep does (``sweep.replica_init_key``: the key
+float64. R replicas are initialised as the sweep does (``pipeline.replica_init_key``: the key
 folded from the study seed, the data entry and the architecture) and trained full batch by
 Adam (lr 0.01) for ``--train-steps`` steps (census: 2,000), optionally followed by L-BFGS
 (optax.lbfgs) on the loss down to |grad L|^2 <= ``--lbfgs-tol`` (``--start lbfgs``). Trained
@@ -73,7 +73,7 @@ import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from saddlestudy import critical, data, losses, models, optim, sweep, train
+from saddlestudy import critical, data, losses, models, optim, pipeline, train
 
 GRAD_TOL = 1e-10
 ZERO_TOL = 1e-5
@@ -93,7 +93,7 @@ def build_problem(depth: int, width: int, num_samples: int = 640):
     y = jax.nn.one_hot(ds.y, ds.metadata["num_classes"], dtype=jnp.float64)
     loss_fn = losses.make_loss_fn(models.make_apply(arch), x, y, loss="mse")
     entry = {"name": "mnist1d", "num_samples": num_samples}
-    init_key = sweep.replica_init_key(0, entry, arch)
+    init_key = pipeline.replica_init_key(0, entry, arch)
     return arch, x, loss_fn, init_key
 
 

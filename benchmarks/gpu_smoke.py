@@ -57,7 +57,8 @@ from saddlestudy import (
     memory,
     models,
     optim,
-    sweep,
+    pipeline,
+    runner,
     train,
 )
 
@@ -147,7 +148,7 @@ def train_throughput(quick: bool, deadline: float):
 
 def finder(quick: bool, deadline: float):
     max_iters = 20 if quick else 100
-    with sweep.study_precision("float64"):  # x64 restored after
+    with pipeline.study_precision("float64"):  # x64 restored after
         arch, loss_fn = digits_problem(256, depth=1, width=8, dtype="float64", l2=1e-3)
         sizes = (4,) if quick else (8, 128)
         # Starts after 100 iRprop- steps (one training program for all sizes): the starts
@@ -232,7 +233,7 @@ def sweep_study(quick: bool, deadline: float):
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
                 try:
-                    sweep.run_study(cfg, out=tmp, fresh=True, quiet=True, cell_done=cell_done)
+                    runner.run_study(cfg, out=tmp, fresh=True, quiet=True, cell_done=cell_done)
                 except _OverBudget:
                     yield {
                         "run": run,
@@ -262,7 +263,7 @@ def dense_inertia(quick: bool, deadline: float):
     zero_tol = 1e-5
     half_memory = memory.device_memory_bytes("total") / 2
     device = jax.devices()[0]
-    with sweep.study_precision("float64"):  # x64 restored after
+    with pipeline.study_precision("float64"):  # x64 restored after
         ds = data.load_dataset("mnist1d", num_samples=640, dtype="float64")
         x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
         previous = None  # (P, seconds) of the last size run

@@ -60,7 +60,7 @@ from saddlestudy.train import TrainConfig, TrainResult, train_replicas
 __version__ = "0.1.0"
 
 # Entry points imported on first use: name -> module.
-_LAZY = {"run_study": "saddlestudy.sweep", "load": "saddlestudy.analysis"}
+_LAZY = {"run_study": "saddlestudy.runner", "load": "saddlestudy.analysis"}
 
 
 def __getattr__(name: str) -> Any:

@@ -32,7 +32,7 @@ ROW_FIELDS: tuple[pa.Field, ...] = tuple(pa.field(name, kind) for name, kind in 
     ("replica", _INT), ("start_kind", _STR), ("start_step", _INT),
     ("start_loss_level", _FLOAT), ("train_diverged", _BOOL), ("train_loss", _FLOAT),
     # the finder's run and how it ended
-    ("finder_method", _STR), ("grad_tol", _FLOAT), ("finder_stages", _STR),
+    ("finder_method", _STR), ("grad_tol", _FLOAT), ("max_iters", _INT), ("finder_stages", _STR),
     ("classified_in", _STR), ("converged", _BOOL), ("gradient_flat", _BOOL),
     ("grad_norm_sq", _FLOAT), ("loss", _FLOAT), ("iterations", _INT), ("point_class", _STR),
     ("finder_status", _STR), ("flat_residual", _FLOAT), ("flat_residual_hessian", _FLOAT),

@@ -30,7 +30,7 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 from helpers import tiny_study_toml, x64_mode  # noqa: E402
 
-from saddlestudy.sweep import enable_compilation_cache  # noqa: E402
+from saddlestudy.provenance import enable_compilation_cache  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # The persistent compilation cache, as in a sweep: a second run of the suite reads its
@@ -108,13 +108,13 @@ def _once(tmp_path_factory, name: str, make):
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory):
     """A small finished study at ``<root>/results/default``, shared by the tests that read one."""
-    from saddlestudy import config, sweep
+    from saddlestudy import config, runner
 
     def make(root):
         path = root / "tiny.toml"
         path.write_text(tiny_study_toml())
         with x64_mode(None):
-            sweep.run_study(config.load(path), root / "results", quiet=True)
+            runner.run_study(config.load(path), root / "results", quiet=True)
 
     return _once(tmp_path_factory, "study", make) / "results" / "default"
 

@@ -19,7 +19,7 @@ FINDER_AND_COUNTS = textwrap.dedent(
     import json
     import jax, jax.numpy as jnp, numpy as np
     jax.config.update("jax_enable_x64", True)
-    from saddlestudy import critical, data, losses, models, optim, sweep, train
+    from saddlestudy import critical, data, losses, models, optim, pipeline, runner, sweep, train
     from saddlestudy._results import ravel_batched as ravel
 
     ds = data.load_dataset("digits", pca_dim=4, num_samples=64)
@@ -59,8 +59,8 @@ FINDER_AND_COUNTS = textwrap.dedent(
            "failure_prob": 1e-3, "max_matvecs": 200, "num_matvecs": 50}}
     cell = {"spectrum_method": "dense", "cell_id": "x"}
     keep = np.array([0, 2, 3, 4, 5, 7])
-    every = sweep._point_inertias(cfg, cell, loss_fn, starts, keep)
-    one = sweep._point_inertias(cfg, cell, loss_fn, starts, keep, devices=jax.devices()[:1])
+    every = pipeline._point_inertias(cfg, cell, loss_fn, starts, keep)
+    one = pipeline._point_inertias(cfg, cell, loss_fn, starts, keep, devices=jax.devices()[:1])
     out["counts_all"] = {f"{i}/{k}": repr(every[i][0][k].to_dict()) for i in every for k in (0, 1)}
     out["counts_one"] = {f"{i}/{k}": repr(one[i][0][k].to_dict()) for i in one for k in (0, 1)}
     print(json.dumps(out, default=str))
@@ -115,7 +115,7 @@ STUDY = textwrap.dedent(
     for batching in ("map", "vmap"):
         cfg = config.load(path)
         cfg["finder"]["batching"] = batching
-        sweep.run_study(cfg, f"{out}/{batching}", quiet=True)
+        runner.run_study(cfg, f"{out}/{batching}", quiet=True)
         rows[batching] = store.load_results(f"{out}/{batching}", "devices").to_pylist()
     print(json.dumps({"devices": len(jax.devices()), "rows": rows}, default=str))
     """

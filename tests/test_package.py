@@ -7,7 +7,7 @@ import sys
 import jax
 
 import saddlestudy
-from saddlestudy import analysis, critical, data, inertia, optim, sweep, train
+from saddlestudy import analysis, critical, data, inertia, optim, runner, train
 
 RESULT_TYPES = (
     saddlestudy.CriticalPoint,
@@ -29,7 +29,7 @@ def test_every_export_resolves_and_the_docstring_lists_it():
     assert saddlestudy.make_optimizer is optim.make_optimizer
     assert saddlestudy.hessian_inertia is inertia.hessian_inertia
     assert saddlestudy.escape_saddle is critical.escape_saddle
-    assert saddlestudy.run_study is sweep.run_study
+    assert saddlestudy.run_study is runner.run_study
     assert saddlestudy.load is analysis.load
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import tiny_study_toml
 
-from saddlestudy import analysis, config, inertia, store, sweep
+from saddlestudy import analysis, config, inertia, pipeline, runner, store, sweep
 from saddlestudy.hessian import dense_hessian
 
 pytestmark = pytest.mark.e2e  # whole studies through run_study and the command line, Ray
@@ -74,24 +74,24 @@ def test_study_writes_one_row_per_point_with_provenance(tmp_path, restore_x64, c
 
 def test_rerun_skips_completed_cells_and_is_deterministic(tmp_path, restore_x64):
     cfg = config.load(write_config(tmp_path))
-    first = comparable(store.load_results(sweep.run_study(cfg, tmp_path / "a", quiet=True)))
+    first = comparable(store.load_results(runner.run_study(cfg, tmp_path / "a", quiet=True)))
     computed = []
-    sweep.run_study(cfg, tmp_path / "a", quiet=True, cell_done=computed.append)
+    runner.run_study(cfg, tmp_path / "a", quiet=True, cell_done=computed.append)
     assert computed == []  # everything was complete
-    again = comparable(store.load_results(sweep.run_study(cfg, tmp_path / "b", quiet=True)))
+    again = comparable(store.load_results(runner.run_study(cfg, tmp_path / "b", quiet=True)))
     assert again == [{**r, "row_id": r["row_id"]} for r in first]
 
 
 def test_missing_or_corrupt_part_is_recomputed(tmp_path, restore_x64, capsys):
     cfg = config.load(write_config(tmp_path))
-    directory = sweep.run_study(cfg, tmp_path, quiet=True)
+    directory = runner.run_study(cfg, tmp_path, quiet=True)
     before = comparable(store.load_results(directory))
     parts = sorted((directory / "parts").glob("*.parquet"))
     parts[0].write_bytes(b"garbage")
     parts[1].unlink()
     capsys.readouterr()
     computed = []
-    sweep.run_study(cfg, tmp_path, quiet=True, cell_done=computed.append)
+    runner.run_study(cfg, tmp_path, quiet=True, cell_done=computed.append)
     assert len(computed) == 2
     # The corrupt part is said in the log (the missing one is ordinary work).
     said = [line for line in capsys.readouterr().err.splitlines() if "recomputing" in line]
@@ -133,14 +133,14 @@ def test_embedded_default_study_dry_run(capsys):
 # test controls (the lock held, the next cell not begun), not at a time it hopes is the middle.
 KILL_AFTER_CELLS = """
 import os, signal, sys
-from saddlestudy import config, sweep
+from saddlestudy import config, provenance, runner
 done = []
 def cell_done(cell):
     done.append(cell)
     if len(done) == int(sys.argv[3]):
         os.kill(os.getpid(), signal.SIGKILL)
-sweep.enable_compilation_cache()  # as the CLI: the runs after it reuse its programs
-sweep.run_study(config.load(sys.argv[1]), sys.argv[2], quiet=True, cell_done=cell_done)
+provenance.enable_compilation_cache()  # as the CLI: the runs after it reuse its programs
+runner.run_study(config.load(sys.argv[1]), sys.argv[2], quiet=True, cell_done=cell_done)
 """
 
 
@@ -175,7 +175,7 @@ def test_two_sweeps_on_one_directory_get_a_lock_error(tmp_path, restore_x64, cap
     holder = store.Store(tmp_path, "tiny")
     with holder.lock():
         with pytest.raises(store.StoreLockedError):
-            sweep.run_study(cfg, tmp_path, quiet=True)
+            runner.run_study(cfg, tmp_path, quiet=True)
     parts = tmp_path / "tiny" / "parts"
     assert not parts.exists() or not list(parts.glob("*"))
 
@@ -184,10 +184,10 @@ def test_ray_backend_writes_the_same_rows(tmp_path, restore_x64):
     import ray
 
     cfg = config.load(write_config(tmp_path, widths="[2]"))
-    local = comparable(store.load_results(sweep.run_study(cfg, tmp_path / "local", quiet=True)))
+    local = comparable(store.load_results(runner.run_study(cfg, tmp_path / "local", quiet=True)))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        directory = sweep.run_study(cfg, tmp_path / "ray", quiet=True, backend="ray")
+        directory = runner.run_study(cfg, tmp_path / "ray", quiet=True, backend="ray")
     finally:
         ray.shutdown()
     remote = comparable(store.load_results(directory))
@@ -237,8 +237,8 @@ def test_finder_batching_auto_follows_the_platform():
     import jax
 
     cpu = jax.devices()[0].platform == "cpu"
-    assert sweep.finder_batching("auto") == ("map" if cpu else "vmap")
-    assert sweep.finder_batching("vmap") == "vmap" and sweep.finder_batching("map") == "map"
+    assert pipeline.finder_batching("auto") == ("map" if cpu else "vmap")
+    assert pipeline.finder_batching("vmap") == "vmap" and pipeline.finder_batching("map") == "map"
 
 
 def reference_eigenvalues(loss_fn, params):
@@ -282,7 +282,7 @@ def test_counts_past_the_full_spectrum_hold_against_a_dense_reference(
     overrides = {"spectrum.full_spectrum_max_params": 0, "spectrum.method": method,
                  "train.replicas": 1, **extra}  # fmt: skip
     cfg = config.load(write_config(tmp_path, widths="[2]"), overrides=overrides)
-    rows = store.load_results(sweep.run_study(cfg, tmp_path, quiet=True)).to_pylist()
+    rows = store.load_results(runner.run_study(cfg, tmp_path, quiet=True)).to_pylist()
     assert len(rows) == len(points) == 2
     suffixes = [(analysis.tol_column("", t)[1:], t) for t in cfg["spectrum"]["zero_tols"]]
     suffixes += [("rel1e-3", None)]
@@ -340,7 +340,7 @@ def test_summary_classifies_from_the_bounds():
     rows = [row(0, 0, True), row(0, 3, False), row(2, 5, False), row(4, 4, True)]
     rows += [row(0, 0, True, converged=False)]
     table = pa.Table.from_pylist(rows)
-    line = sweep.summarize(table).splitlines()[2].split()
+    line = runner.summarize(table).splitlines()[2].split()
     # minima: 1 of 4 converged; undetermined: 1 of 4; median index of the exact 0 and 0.4.
     assert line[4:] == ["5", "0.80", "0.00", "0.25", "0.25", "0.2000"]
 
@@ -384,7 +384,7 @@ def test_random_labels_study_leaves_x64_as_the_caller_set_it(tmp_path, x32):
     from saddlestudy import data
 
     cfg = _study(tmp_path, "shuffled", data="random_labels = 1", finder="none")
-    directory = sweep.run_study(cfg, tmp_path, quiet=True)
+    directory = runner.run_study(cfg, tmp_path, quiet=True)
     assert jax.config.jax_enable_x64 is False  # as the caller set it
     rows = store.load_results(directory).to_pylist()
     assert len(rows) == 2 * 2 and {r["dataset"] for r in rows} == {"digits+random_labels"}
@@ -408,7 +408,7 @@ def test_loss_level_starts_full_batch_and_minibatch(tmp_path, restore_x64):
         train |= {"snapshot_steps": steps, "snapshot_losses": [2.0, 1e-12]}
         overrides = {f"train.{k}": v for k, v in train.items()}
         cfg = _study(tmp_path, f"levels{batch_size}", finder="none", **overrides)
-        rows = store.load_results(sweep.run_study(cfg, tmp_path, quiet=True)).to_pylist()
+        rows = store.load_results(runner.run_study(cfg, tmp_path, quiet=True)).to_pylist()
         runs[batch_size] = rows
         # Full batch checks the level after every step, minibatches every record_every
         # steps (on the full data).
@@ -439,7 +439,7 @@ def test_finder_none_gives_the_starts_as_critical_points(x64):
 
     # |grad|^2 = 4 |w - 1|^2: 0 at w = 1, 4 at w = (0, 1), inf where the loss is inf.
     starts = {"w": jnp.asarray([[1.0, 1.0], [0.0, 1.0], [jnp.inf, 1.0]])}
-    found = sweep._starts_as_found(loss, starts, 1e-10)
+    found = pipeline._starts_as_found(loss, starts, 1e-10)
     assert isinstance(found, critical.CriticalPoint)
     assert found.method == "none" and found.max_iters == 0
     assert found.status_name() == ["converged", "max_iters", "non_finite"]
@@ -496,12 +496,12 @@ def test_primary_zero_tol_other_than_the_default_is_warned_once():
 
     from saddlestudy import spectrum
 
-    sweep._warn_once.cache_clear()
+    pipeline._warn_once.cache_clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert sweep.primary_zero_tol([1e-8, spectrum.DEFAULT_ZERO_TOL]) == 1e-5
-        assert sweep.primary_zero_tol([1e-8, 1e-4]) == 1e-4
-        assert sweep.primary_zero_tol([1e-8, 1e-4]) == 1e-4
+        assert pipeline.primary_zero_tol([1e-8, spectrum.DEFAULT_ZERO_TOL]) == 1e-5
+        assert pipeline.primary_zero_tol([1e-8, 1e-4]) == 1e-4
+        assert pipeline.primary_zero_tol([1e-8, 1e-4]) == 1e-4
     (said,) = [str(w.message) for w in caught]
     assert "zero_tol = 0.0001" in said and "lacks the default 1e-05" in said
 
@@ -551,7 +551,7 @@ def test_float32_study_polishes_in_float64_and_records_it(tmp_path, x32, monkeyp
     assert eig.dtype == np.float64
     assert all(r["iterations"] <= 20 for r in rows)  # the float64 stage's own budget
 
-    monkeypatch.setattr(sweep, "float64_available", lambda: False)
+    monkeypatch.setattr(pipeline, "float64_available", lambda: False)
     assert sweep.main([str(path), "--out", str(tmp_path / "tpu"), "--quiet"]) == 0
     rows = store.load_results(tmp_path / "tpu" / "f32").to_pylist()
     assert {r["classified_in"] for r in rows} == {"float32"}
@@ -565,11 +565,11 @@ def test_float32_study_polishes_in_float64_and_records_it(tmp_path, x32, monkeyp
 
 
 def test_ray_tasks_without_a_gpu_run_jax_on_the_cpu_and_shares_cap_memory():
-    assert sweep.ray_runtime_env(0) == {"env_vars": {"JAX_PLATFORMS": "cpu"}}
-    share = sweep.ray_runtime_env(0.25)["env_vars"]
+    assert runner.ray_runtime_env(0) == {"env_vars": {"JAX_PLATFORMS": "cpu"}}
+    share = runner.ray_runtime_env(0.25)["env_vars"]
     assert share["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
     assert float(share["XLA_PYTHON_CLIENT_MEM_FRACTION"]) <= 0.25
-    assert sweep.ray_runtime_env(1) == {}
+    assert runner.ray_runtime_env(1) == {}
 
 
 def test_a_learning_rate_grid_compiles_once_and_finders_reuse_the_training(tmp_path, restore_x64):
@@ -591,7 +591,7 @@ def test_a_learning_rate_grid_compiles_once_and_finders_reuse_the_training(tmp_p
     cfg = config.load(path)
     compiled_per_cell, done = [], []
     with count_compilations() as compiled:
-        sweep.run_study(
+        runner.run_study(
             cfg, tmp_path / "out", quiet=True,
             cell_done=lambda cell: (done.append(cell), compiled_per_cell.append(len(compiled))),
         )  # fmt: skip
@@ -604,8 +604,7 @@ def test_a_learning_rate_grid_compiles_once_and_finders_reuse_the_training(tmp_p
     reused = [by_cell[c][0]["train_reused"] for c in cells]
     assert reused == [False, True] * 4
     # A reused training gives the rows a fresh one gives: recompute one gradnorm cell alone.
-    sweep._LAST_TRAINING.clear()
-    alone, _ = sweep.run_cell(cfg, done[3])
+    alone, _ = pipeline.run_cell(cfg, done[3])  # its own training (no cache)
     assert comparable(alone) == comparable_rows(by_cell[cells[3]])
     assert not alone.to_pylist()[0]["train_reused"]
     # Four different learning rates really were trained.
