@@ -87,7 +87,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from saddlestudy import data, inertia, losses, models, optim, rows, spectrum
+from saddlestudy import data, inertia, losses, memory, models, optim, rows, spectrum
 from saddlestudy._checks import is_int
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -651,18 +651,16 @@ def _itemsize(cfg: dict) -> int:
 
 def spectrum_plan(cfg: dict, num_params: int) -> str:
     """What counts the eigenvalues of a cell with ``num_params`` parameters (one of
-    ``CELL_SPECTRUM_METHODS``): "eigh" up to ``full_spectrum_max_params`` (and the cap), else
-    ``spectrum.method``, "auto" resolved by :func:`saddlestudy.inertia.dense_fits` and the
-    ``dense_max_params`` cap."""
+    ``CELL_SPECTRUM_METHODS``): :func:`saddlestudy.inertia.count_plan` with the study's
+    ``[spectrum]`` settings."""
     spec = cfg["spectrum"]
-    cap = spec["dense_max_params"] or math.inf
-    if num_params <= min(spec["full_spectrum_max_params"], cap):
-        return "eigh"
-    if spec["method"] != "auto":
-        return spec["method"]
-    if num_params <= cap and inertia.dense_fits(num_params, _itemsize(cfg)):
-        return "dense"
-    return "lanczos+slq"
+    return inertia.count_plan(
+        num_params,
+        _itemsize(cfg),
+        method=spec["method"],
+        full_spectrum_max_params=spec["full_spectrum_max_params"],
+        dense_max_params=spec["dense_max_params"],
+    )
 
 
 def primary_zero_tol(zero_tols: list[float]) -> float:
@@ -696,23 +694,25 @@ def _check_spectrum_memory(cfg: dict, cells: list[dict]) -> None:
                 'raise the cap or use method "auto"',
             )
         if method == "dense" and not inertia.dense_fits(P, itemsize):
-            need = 2 * P**2 * itemsize / 2**30
+            need = inertia.DENSE_COPIES * P**2 * itemsize / 2**30
             _fail(
                 "spectrum.method",
-                f'"dense" at P={P} needs about {need:.1f} GiB (two P x P matrices), more than '
-                'fits; use "auto" (matrix-free where dense does not fit), "lanczos" or "slq"',
+                f'"dense" at P={P} needs about {need:.1f} GiB ({inertia.DENSE_COPIES} P x P '
+                'matrices), more than fits; use "auto" (matrix-free where dense does not fit), '
+                '"lanczos" or "slq"',
             )
     eigh = [c["num_params"] for c in cells if c["spectrum_method"] == "eigh"]
     if not eigh:
         return
-    # One Hessian at a time per point, plus eigh's workspace (about 3 matrices).
-    need = 3 * max(eigh) ** 2 * itemsize
+    # One Hessian at a time per point, plus eigh's workspace.
+    need = memory.HESSIAN_COPIES * max(eigh) ** 2 * itemsize
     have = _available_memory()
-    if need > 0.5 * have:
+    if need > inertia.DENSE_MEMORY_FRACTION * have:
         _fail(
             "spectrum.full_spectrum_max_params",
             f"all eigenvalues at P={max(eigh)} need about {need / 2**30:.1f} GiB, more than "
-            f"half the {have / 2**30:.1f} GiB available; lower full_spectrum_max_params",
+            f"{inertia.DENSE_MEMORY_FRACTION:g} of the {have / 2**30:.1f} GiB available; lower "
+            "full_spectrum_max_params",
         )
 
 

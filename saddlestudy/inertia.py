@@ -110,7 +110,8 @@ EXTREME_RTOL = 1e-3
 # Time of one eigvalsh over one sytrf factorisation of the same matrix on a CPU (measured:
 # BENCHMARKS.md, benchmarks/inertia_counts.py): more factorisations than this, one eigvalsh.
 EIGVALSH_PER_SYTRF = 9.1
-DENSE_MEMORY_FRACTION = 0.5  # "auto": dense when two P x P matrices fit this share of memory
+DENSE_MEMORY_FRACTION = 0.5  # "auto": dense when its P x P matrices fit this share of memory
+DENSE_COPIES = 2  # dense: P x P matrices held at once (the Hessian, the LDL^T factor)
 # Kuczynski & Wozniakowski 1992, Thm 4.2(a): P(relative error >= eps) <= KW * sqrt(n) *
 # exp(-(2k - 1) sqrt(eps)) for k products after the start vector.
 KW_CONSTANT = 1.648
@@ -879,11 +880,37 @@ def _slq_bounds(nodes: np.ndarray, weights: np.ndarray, tau: float, P: int, fail
 
 
 def dense_fits(num_params: int, itemsize: int) -> bool:
-    """The "auto" rule: two P x P matrices within DENSE_MEMORY_FRACTION of the device's total
-    memory, and within its free memory."""
-    need = 2 * num_params * num_params * itemsize
+    """The "auto" rule: ``DENSE_COPIES`` P x P matrices within DENSE_MEMORY_FRACTION of the
+    device's total memory, and within its free memory."""
+    need = DENSE_COPIES * num_params * num_params * itemsize
     total = memory.device_memory_bytes("total")
     return need <= DENSE_MEMORY_FRACTION * total and need <= memory.device_memory_bytes("free")
+
+
+def count_plan(
+    num_params: int,
+    itemsize: int,
+    *,
+    method: str = "auto",
+    full_spectrum_max_params: int = 0,
+    dense_max_params: int | None = None,
+) -> str:
+    """What counts the eigenvalues of a Hessian with ``num_params`` parameters: the one
+    dense-or-not rule, used by the study's cells (``config.spectrum_plan``), a Ray worker's
+    own plan and :func:`hessian_inertia`'s ``"auto"``.
+
+    ``"eigh"`` (all P eigenvalues, stored) up to ``full_spectrum_max_params`` and the cap;
+    past it ``method`` unless it is ``"auto"``, which is ``"dense"`` (LDL^T) while P is within
+    ``dense_max_params`` (None or 0: no cap) and :func:`dense_fits`, else ``"lanczos+slq"``.
+    """
+    cap = dense_max_params or math.inf
+    if num_params <= min(full_spectrum_max_params, cap):
+        return "eigh"
+    if method != "auto":
+        return method
+    if num_params <= cap and dense_fits(num_params, itemsize):
+        return "dense"
+    return "lanczos+slq"
 
 
 def _thresholds(zero_tol, relative_tol) -> tuple[list[float], list[float]]:
@@ -982,13 +1009,12 @@ def hessian_inertia(
     num_params, dtype = spectrum_lib._validate(loss_fn, params)
     itemsize = jnp.dtype(dtype).itemsize
     if method == "auto":
-        capped = dense_max_params is not None and num_params > dense_max_params
-        method = "lanczos+slq" if capped or not dense_fits(num_params, itemsize) else "dense"
+        method = count_plan(num_params, itemsize, dense_max_params=dense_max_params)
     escalate = method == "lanczos+slq"
     if escalate:
         method = "lanczos"
     elif method == "dense" and not dense_fits(num_params, itemsize):
-        need = 2 * num_params**2 * itemsize / 2**30
+        need = DENSE_COPIES * num_params**2 * itemsize / 2**30
         raise ValueError(
             f"a dense inertia at P = {num_params} needs about {need:.1f} GiB, more than fits; "
             "use method 'lanczos' or 'slq'"

@@ -663,3 +663,43 @@ def test_max_matvecs_caps_the_lanczos_products(x64, monkeypatch):
     )  # fmt: skip
     assert lanczos.products == unlimited.num_matvecs > 300  # the budgets bind
     assert inertia._lanczos_bounds(unlimited, 0.1, 600)[:2] == (20, 20)
+
+
+@pytest.mark.parametrize(
+    "P, method, full, cap, expected",
+    [
+        (100, "auto", 2000, None, "eigh"),  # all eigenvalues up to full_spectrum_max_params
+        (100, "auto", 2000, 50, "lanczos+slq"),  # ... and the cap: past it no dense Hessian
+        (3000, "auto", 2000, None, "dense"),  # fits (dense_fits below: P <= 5000)
+        (3000, "auto", 2000, 2500, "lanczos+slq"),  # over the cap
+        (6000, "auto", 2000, None, "lanczos+slq"),  # does not fit
+        (6000, "slq", 2000, None, "slq"),  # a method named is a method used
+        (100, "lanczos", 0, None, "lanczos"),  # hessian_inertia: never eigh
+    ],
+)
+def test_one_dense_or_not_rule(monkeypatch, P, method, full, cap, expected):
+    monkeypatch.setattr(inertia, "dense_fits", lambda P, itemsize: P <= 5000)
+    got = inertia.count_plan(P, 8, method=method, full_spectrum_max_params=full,
+                             dense_max_params=cap)  # fmt: skip
+    assert got == expected
+    # The study's cells plan with the same rule (0: no cap in the config).
+    from saddlestudy import config
+
+    cfg = {"study": {"dtype": "float64"},
+           "spectrum": {"method": method, "full_spectrum_max_params": full,
+                        "dense_max_params": cap or 0}}  # fmt: skip
+    assert config.spectrum_plan(cfg, P) == expected
+
+
+def test_auto_inertia_uses_the_rule(x64, monkeypatch):
+    # P = 6: dense while it "fits", Lanczos (then SLQ) when it does not, or when capped.
+    def loss(p):
+        return 0.5 * jnp.sum(jnp.arange(-2.0, 4.0) * p**2)
+
+    params = jnp.ones(6)
+    assert inertia.hessian_inertia(loss, params).method == "dense"
+    capped = inertia.hessian_inertia(loss, params, dense_max_params=5)
+    monkeypatch.setattr(inertia, "dense_fits", lambda *a: False)
+    unfit = inertia.hessian_inertia(loss, params)
+    assert capped.method != "dense" and unfit.method != "dense"
+    assert capped.num_negative_lo == unfit.num_negative_lo == 2  # -2, -1: certified either way
