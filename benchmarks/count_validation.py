@@ -210,9 +210,10 @@ def analytic_points(n: int, names: Sequence[str] = ("few", "dozens", "half")) ->
 def dense_counts(loss_fn, params, key: jax.Array) -> dict[float, int]:
     """Exact counts (LDL^T, ``method="dense"``) at the thresholds of the benchmark, keyed by
     the absolute tau used (relative ones via the same key's lambda_max as the other runs)."""
-    results = ss.hessian_inertia(
-        loss_fn, params, zero_tol=ABSOLUTE_TOLS, relative_tol=RELATIVE_TOLS, method="dense", key=key
-    )
+    results = ss.hessian_inertias(
+        loss_fn, params, zero_tols=ABSOLUTE_TOLS, relative_tols=RELATIVE_TOLS, method="dense",
+        key=key,
+    )  # fmt: skip
     return {float(r.zero_tol): int(r.num_negative) for r in results}
 
 

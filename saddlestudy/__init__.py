@@ -16,7 +16,8 @@ Public API, by stage of the pipeline (data -> model -> training -> critical poin
   :class:`GradientFlatTest`; :func:`escape_saddle` -> :class:`SaddleEscape`.
 - spectrum: :func:`hessian_spectrum`, :func:`hessian_spectra` -> :class:`Spectrum`;
   :func:`hessian_eigenpairs` -> :class:`Eigenpairs`; :func:`hessian_trace` ->
-  :class:`TraceEstimate`; :func:`hessian_inertia` -> :class:`Inertia`.
+  :class:`TraceEstimate`; :func:`hessian_inertia` -> :class:`Inertia` (one threshold),
+  :func:`hessian_inertias` -> a tuple of them (several thresholds, one Hessian build).
 - study: :func:`run_study` (a resolved config from ``saddlestudy.config.load``; the command
   line is ``python -m saddlestudy.sweep``).
 - analysis: :func:`load` (a study's rows as a pandas DataFrame).
@@ -42,7 +43,7 @@ from saddlestudy.critical import (
 )
 from saddlestudy.data import Dataset, load_dataset
 from saddlestudy.hessian import dense_hessian, grad_norm_sq, gradient, hvp
-from saddlestudy.inertia import Inertia, hessian_inertia
+from saddlestudy.inertia import Inertia, hessian_inertia, hessian_inertias
 from saddlestudy.losses import make_loss_fn
 from saddlestudy.models import MLP, MLPConfig, init_params, init_replicas, make_apply
 from saddlestudy.optim import OptimizerFactory, make_optimizer
@@ -100,6 +101,7 @@ __all__ = [
     "gradient_flat_test",
     "hessian_eigenpairs",
     "hessian_inertia",
+    "hessian_inertias",
     "hessian_spectra",
     "hessian_spectrum",
     "hessian_trace",

@@ -913,11 +913,10 @@ def count_plan(
     return "lanczos+slq"
 
 
-def _thresholds(zero_tol, relative_tol) -> tuple[list[float], list[float]]:
-    def as_list(name, value):
-        values = [value] if np.ndim(value) == 0 else list(value)
-        if not values:
-            raise ValueError(f"{name} must not be empty")
+def _thresholds(zero_tols, relative_tols) -> tuple[list[float], list[float]]:
+    def as_list(name, values):
+        if np.ndim(values) != 1:
+            raise ValueError(f"{name} must be a sequence of numbers, got {values!r}")
         out = []
         for v in values:
             try:
@@ -929,8 +928,7 @@ def _thresholds(zero_tol, relative_tol) -> tuple[list[float], list[float]]:
             out.append(f)
         return out
 
-    absolute = [] if zero_tol is None else as_list("zero_tol", zero_tol)
-    relative = [] if relative_tol is None else as_list("relative_tol", relative_tol)
+    absolute, relative = as_list("zero_tols", zero_tols), as_list("relative_tols", relative_tols)
     if not absolute and not relative:
         absolute = [DEFAULT_ZERO_TOL]
     return absolute, relative
@@ -957,8 +955,38 @@ def hessian_inertia(
     loss_fn: LossFn,
     params: Params,
     *,
-    zero_tol: float | Sequence[float] | None = None,
-    relative_tol: float | Sequence[float] | None = None,
+    zero_tol: float | None = None,
+    relative_tol: float | None = None,
+    **options: Any,
+) -> Inertia:
+    """The inertia of the Hessian at one threshold: ``zero_tol`` (tau; the default 1e-5
+    when neither is given) or ``relative_tol`` (tau = relative_tol * lambda_max). The options
+    are those of :func:`hessian_inertias`, which counts at several thresholds at once.
+
+    Raises:
+      ValueError: both thresholds, or a sequence of them (use :func:`hessian_inertias`), and
+        everything :func:`hessian_inertias` refuses.
+    """
+    if zero_tol is not None and relative_tol is not None:
+        raise ValueError("hessian_inertia counts at one threshold; use hessian_inertias for "
+                         "zero_tol and relative_tol together")  # fmt: skip
+    for name, value in (("zero_tol", zero_tol), ("relative_tol", relative_tol)):
+        if value is not None and np.ndim(value) != 0:
+            raise ValueError(f"hessian_inertia counts at one threshold; {name} = {value!r}: "
+                             "use hessian_inertias for several")  # fmt: skip
+    zero_tols = () if zero_tol is None else (zero_tol,)
+    relative_tols = () if relative_tol is None else (relative_tol,)
+    (result,) = hessian_inertias(loss_fn, params, zero_tols=zero_tols,
+                                 relative_tols=relative_tols, **options)  # fmt: skip
+    return result
+
+
+def hessian_inertias(
+    loss_fn: LossFn,
+    params: Params,
+    *,
+    zero_tols: Sequence[float] = (),
+    relative_tols: Sequence[float] = (),
     method: str = "auto",
     key: jax.Array | None = None,
     failure_prob: float = DEFAULT_FAILURE_PROB,
@@ -968,15 +996,16 @@ def hessian_inertia(
     num_slq_matvecs: int | None = None,
     chunk_size: int | None = None,
     dense_max_params: int | None = None,
-) -> Inertia | tuple[Inertia, ...]:
-    """The inertia of the Hessian of ``loss_fn`` at ``params``; see the module docstring.
+) -> tuple[Inertia, ...]:
+    """The inertia of the Hessian of ``loss_fn`` at ``params`` at every threshold; see the
+    module docstring.
 
     Args:
       loss_fn: pure JAX function of a parameter pytree returning a scalar.
       params: the point (float leaves; float64 for counts at small tolerances).
-      zero_tol: absolute threshold(s) tau (default 1e-5 when ``relative_tol`` is None).
-      relative_tol: threshold(s) as a fraction of lambda_max: tau = relative_tol *
-        lambda_max (the thresholds matrix-free methods can resolve).
+      zero_tols: absolute thresholds tau (``(1e-5,)`` when both lists are empty).
+      relative_tols: thresholds as fractions of lambda_max: tau = c * lambda_max (the
+        thresholds matrix-free methods can resolve).
       method: ``"auto"``, ``"dense"``, ``"lanczos"``, ``"slq"`` or ``"lanczos+slq"``
         (Lanczos, then SLQ where Lanczos is not exact; each with half of ``failure_prob``).
       key: PRNG key of the random vectors (default ``key(0)``).
@@ -991,9 +1020,8 @@ def hessian_inertia(
       dense_max_params: "auto": a cap on P for the dense method (None: memory decides).
 
     Returns:
-      One :class:`Inertia` for one threshold; a tuple, absolute thresholds first (ascending
-      as given), then relative ones, for several. They share one Hessian build (dense) or
-      one Lanczos run.
+      One :class:`Inertia` per threshold, absolute ones first (as given), then relative ones;
+      they share one Hessian build (dense) or one Lanczos run.
 
     Raises:
       ValueError: an unknown method, a bad threshold or option, a dense Hessian that does not
@@ -1001,7 +1029,7 @@ def hessian_inertia(
     """
     if method not in INERTIA_METHODS:
         raise ValueError(f"unknown inertia method {method!r}; choose from {INERTIA_METHODS}")
-    absolute, relative = _thresholds(zero_tol, relative_tol)
+    absolute, relative = _thresholds(zero_tols, relative_tols)
     if not (0 < failure_prob < 1):
         raise ValueError(f"failure_prob must be in (0, 1), got {failure_prob!r}")
     max_matvecs = check_int("max_matvecs", max_matvecs, 2)
@@ -1081,7 +1109,7 @@ def hessian_inertia(
         )  # fmt: skip
         for tau, rel, record in zip(taus, relative_of, records)
     )
-    return results[0] if len(results) == 1 else results
+    return results
 
 
 def _dense_records(loss_fn, params, taus, relative, chunk_size, ritz) -> list[dict]:

@@ -321,18 +321,17 @@ def _inertias(loss_fn, params, method: str, key, spec: dict) -> tuple:
     """The counts of one point by :func:`saddlestudy.inertia.hessian_inertia` (``method``:
     the cell's, chosen by the config's memory rule), one per threshold."""
     P = int(sum(np.size(leaf) for leaf in jax.tree.leaves(params)))
-    result = inertia.hessian_inertia(
+    return inertia.hessian_inertias(
         loss_fn,
         params,
-        zero_tol=spec["zero_tols"],
-        relative_tol=spec["relative_tols"] or None,
+        zero_tols=spec["zero_tols"],
+        relative_tols=spec["relative_tols"],
         method=method,
         key=key,
         failure_prob=spec["failure_prob"],
         max_matvecs=spec["max_matvecs"],
         num_slq_matvecs=min(P, spec["num_matvecs"]),
     )
-    return result if isinstance(result, tuple) else (result,)
 
 
 def finder_batching(setting: str) -> str:

@@ -106,11 +106,7 @@ def test_dense_lambda_min_is_the_true_extreme_at_a_saddle(x64):
     eig = np.concatenate([-rng.uniform(2e-5, 1e-4, 60), rng.uniform(0, 10, 540)])
     loss, params = quadratic(eig)
     for taus in ([1e-5], [1e-5, 1e-6]):  # the factorisation and the eigvalsh routes
-        r = (
-            ss.hessian_inertia(loss, params, zero_tol=taus, method="dense")[0]
-            if len(taus) > 1
-            else ss.hessian_inertia(loss, params, zero_tol=taus, method="dense")
-        )
+        r = ss.hessian_inertias(loss, params, zero_tols=taus, method="dense")[0]
         assert r.exact and r.num_negative == 60
         assert r.lambda_min_lo <= eig.min() <= r.lambda_min_hi
         assert r.lambda_min == pytest.approx(eig.min(), rel=1e-3)
@@ -256,8 +252,8 @@ def test_negatives_inside_the_bulk_are_bounded_not_counted(x64):
 def test_relative_threshold_uses_lambda_max(x64):
     eig = np.concatenate([[-0.5, -0.05, -0.004], np.linspace(2e-2, 10, 197)])
     loss, params = quadratic(eig)
-    absolute, relative = ss.hessian_inertia(
-        loss, params, zero_tol=1e-5, relative_tol=1e-3, method="dense"
+    absolute, relative = ss.hessian_inertias(
+        loss, params, zero_tols=[1e-5], relative_tols=[1e-3], method="dense"
     )
     assert absolute.num_negative == 3 and absolute.relative_tol is None
     assert relative.relative_tol == 1e-3
@@ -304,7 +300,7 @@ TAUS = (1e-8, 1e-6, 1e-5, 1e-4, 1e-3)
 def test_dense_inertia_matches_eigvalsh_on_a_trained_mlp(x64):
     loss, params, reference = trained_mlp()
     # Five thresholds at once take one eigvalsh; one at a time, two sytrf factorisations each.
-    results = ss.hessian_inertia(loss, params, zero_tol=TAUS, method="dense")
+    results = ss.hessian_inertias(loss, params, zero_tols=TAUS, method="dense")
     assert len(results) == len(TAUS)
     single = [ss.hessian_inertia(loss, params, zero_tol=t, method="dense") for t in TAUS]
     assert [r.num_negative for r in single] == [r.num_negative for r in results]
@@ -370,8 +366,8 @@ def test_float32_counts_against_float64_on_the_same_point(x64, capsys):
 @pytest.mark.parametrize("method", ["lanczos", "slq"])
 def test_matrix_free_bounds_hold_on_a_trained_mlp(x64, method):
     loss, params, reference = trained_mlp()
-    results = ss.hessian_inertia(
-        loss, params, zero_tol=TAUS, relative_tol=1e-2, method=method, max_matvecs=300
+    results = ss.hessian_inertias(
+        loss, params, zero_tols=TAUS, relative_tols=[1e-2], method=method, max_matvecs=300
     )
     for r in results:
         truth = int(np.sum(reference < -r.zero_tol))
@@ -703,3 +699,16 @@ def test_auto_inertia_uses_the_rule(x64, monkeypatch):
     unfit = inertia.hessian_inertia(loss, params)
     assert capped.method != "dense" and unfit.method != "dense"
     assert capped.num_negative_lo == unfit.num_negative_lo == 2  # -2, -1: certified either way
+
+
+def test_one_threshold_one_inertia_several_a_tuple(x64):
+    loss, params = quadratic(np.array([-1.0, 0.5, 2.0, 3.0]))
+    one = ss.hessian_inertia(loss, params, zero_tol=1e-5, method="dense")
+    assert isinstance(one, ss.Inertia) and one.num_negative == 1
+    (alone,) = ss.hessian_inertias(loss, params, zero_tols=[1e-5], method="dense")
+    assert alone.num_negative == 1  # a tuple even of one
+    for kwargs in ({"zero_tol": [1e-5]}, {"zero_tol": 1e-5, "relative_tol": 1e-3}):
+        with pytest.raises(ValueError, match="use hessian_inertias"):
+            ss.hessian_inertia(loss, params, **kwargs)
+    with pytest.raises(ValueError, match="zero_tols must be a sequence"):
+        ss.hessian_inertias(loss, params, zero_tols=1e-5)
