@@ -1,9 +1,14 @@
-"""Argument checks shared by every module (the one definition of "an int" in the package)."""
+"""Argument checks shared by every module: the one definition of "an int", and the one check
+of a loss function and its parameters (spectrum, inertia and the finders use it)."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -29,3 +34,41 @@ def reject_renamed(function: str, passed: dict[str, Any], renamed: dict[str, str
         if old in renamed:
             raise TypeError(f"{function}: keyword {old!r} was renamed to {renamed[old]!r}")
         raise TypeError(f"{function}() got an unexpected keyword argument {old!r}")
+
+
+def check_params(params: Any) -> list:
+    """The leaves of a parameter pytree, refused in one line unless they are float arrays."""
+    leaves = jax.tree.leaves(params)
+    if not leaves:
+        raise ValueError("params has no array leaves: nothing to differentiate")
+    for leaf in leaves:
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            raise ValueError(
+                f"every parameter must be a float array, got dtype {jnp.result_type(leaf)}"
+            )
+    return leaves
+
+
+def check_scalar_loss(loss_fn: Callable, params: Any) -> jax.ShapeDtypeStruct:
+    """``loss_fn(params)``'s abstract value (nothing is computed), refused unless a scalar."""
+    out = jax.eval_shape(loss_fn, params)
+    if not hasattr(out, "shape") or out.shape != ():
+        shape = getattr(out, "shape", type(out).__name__)
+        raise ValueError(f"loss_fn must return a scalar, got shape {shape}")
+    return out
+
+
+def check_loss_and_params(loss_fn: Callable, params: Any) -> tuple[int, jnp.dtype]:
+    """Checks the loss and the parameters; returns (P, dtype of the flat parameter vector)."""
+    leaves = check_params(params)
+    check_scalar_loss(loss_fn, params)
+    num_params = sum(math.prod(jnp.shape(leaf)) for leaf in leaves)
+    return num_params, jnp.dtype(jnp.result_type(*leaves))
+
+
+def non_finite_error(where: str) -> ValueError:
+    """The one error of NaN or inf Hessian-vector products."""
+    return ValueError(
+        f"Hessian-vector products are non-finite (NaN or inf) {where}; "
+        "check the loss and the data for NaN"
+    )

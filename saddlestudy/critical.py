@@ -82,7 +82,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from saddlestudy import _devices, hessian, krylov, linalg, spectrum
-from saddlestudy._checks import check_int, is_int, reject_renamed
+from saddlestudy._checks import check_int, check_params, check_scalar_loss, is_int, reject_renamed
 from saddlestudy._results import plain, ravel_batched
 
 Params = Any
@@ -478,14 +478,7 @@ def _prepare(loss_fn: LossFn, params: Params, dtype: Any, grad_tol: float, *, ba
     """Validates and casts the start(s); returns the params to run from."""
     if not callable(loss_fn):
         raise ValueError("loss_fn must be a callable of the parameter pytree")
-    leaves = jax.tree.leaves(params)
-    if not leaves:
-        raise ValueError("params has no array leaves: nothing to differentiate")
-    for leaf in leaves:
-        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-            raise ValueError(
-                f"every parameter must be a float array, got dtype {jnp.result_type(leaf)}"
-            )
+    leaves = check_params(params)
     if batched:
         num = {jnp.shape(leaf)[:1] for leaf in leaves}
         if len(num) != 1 or () in num:
@@ -514,10 +507,7 @@ def _prepare(loss_fn: LossFn, params: Params, dtype: Any, grad_tol: float, *, ba
     # The explicit, documented upcast: every float leaf to the finder's dtype.
     params = jax.tree.map(lambda leaf: jnp.asarray(leaf, target), params)
     one = jax.tree.map(lambda leaf: leaf[0], params) if batched else params
-    out = jax.eval_shape(loss_fn, one)
-    if not hasattr(out, "shape") or out.shape != ():
-        shape = getattr(out, "shape", type(out).__name__)
-        raise ValueError(f"loss_fn must return a scalar, got shape {shape}")
+    out = check_scalar_loss(loss_fn, one)
     if not jnp.issubdtype(out.dtype, jnp.floating):
         raise ValueError(f"loss_fn must return a float, got dtype {out.dtype}")
     if jnp.finfo(out.dtype).bits < jnp.finfo(target).bits:
@@ -841,12 +831,12 @@ def _make_finder(loss_fn: LossFn, cfg: _Config, unravel: Callable, restart: jax.
         k = min(opts.flat_krylov_dim, theta.shape[0])
         ritz, Y = _lanczos_ritz(lambda v: hvp(theta, v), g, k, restart)
         keep = jnp.abs(ritz) > opts.flat_kernel_tol * fro
-        p = -(Y.T @ jnp.where(keep, linalg._safe_div(Y @ g, ritz), 0.0))
+        p = -(Y.T @ jnp.where(keep, linalg.safe_div(Y @ g, ritz), 0.0))
         res = hvp(theta, p) + g
         h_res = hvp(theta, res)
         res_norm = jnp.linalg.norm(res)
-        r = linalg._safe_div(res_norm, fro * jnp.linalg.norm(p) + jnp.linalg.norm(g))
-        r_h = linalg._safe_div(jnp.linalg.norm(h_res), fro * res_norm)
+        r = linalg.safe_div(res_norm, fro * jnp.linalg.norm(p) + jnp.linalg.norm(g))
+        r_h = linalg.safe_div(jnp.linalg.norm(h_res), fro * res_norm)
         return r, r_h, fro, k + 2 + fro_cost
 
     return init, step, flat_test

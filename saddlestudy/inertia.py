@@ -88,7 +88,7 @@ from jax.flatten_util import ravel_pytree
 
 from saddlestudy import hessian, krylov, memory
 from saddlestudy import spectrum as spectrum_lib
-from saddlestudy._checks import check_int
+from saddlestudy._checks import check_int, check_loss_and_params, non_finite_error
 
 Params = Any
 LossFn = Callable[[Params], jax.Array]
@@ -753,7 +753,7 @@ def _deflated_lanczos(
         bounds = np.asarray(bounds)[:steps]
         vectors = np.asarray(vectors)
         if not np.all(np.isfinite(theta)):
-            raise spectrum_lib._non_finite_error("at these parameters")
+            raise non_finite_error("at these parameters")
         scale = max(abs(theta[0]), abs(theta[-1]))
         usable = min(steps, vectors.shape[0])
         candidates = np.flatnonzero(
@@ -1034,7 +1034,7 @@ def hessian_inertias(
         raise ValueError(f"failure_prob must be in (0, 1), got {failure_prob!r}")
     max_matvecs = check_int("max_matvecs", max_matvecs, 2)
     max_locked = check_int("max_locked", max_locked, 1)
-    num_params, dtype = spectrum_lib._validate(loss_fn, params)
+    num_params, dtype = check_loss_and_params(loss_fn, params)
     itemsize = jnp.dtype(dtype).itemsize
     if method == "auto":
         method = count_plan(num_params, itemsize, dense_max_params=dense_max_params)
@@ -1059,7 +1059,7 @@ def hessian_inertias(
         h = float(np.asarray(hessian.dense_hessian(loss_fn, params))[0, 0])
         low, high, extreme_matvecs = (h, 0.0, jax.tree.map(jnp.ones_like, params)), (h, 0.0), 1
     if not (math.isfinite(low[0]) and math.isfinite(high[0])):
-        raise spectrum_lib._non_finite_error("at these parameters")
+        raise non_finite_error("at these parameters")
     taus = absolute + [r * high[0] for r in relative]
     if any(not (t > 0) for t in taus):
         raise ValueError(
@@ -1117,7 +1117,7 @@ def _dense_records(loss_fn, params, taus, relative, chunk_size, ritz) -> list[di
     chunk = chunk_size or memory.plan(loss_fn, params, "dense")[1]
     H = _dense_jit(loss_fn, params, chunk_size=chunk)
     if not bool(jnp.all(jnp.isfinite(H))):
-        raise spectrum_lib._non_finite_error("at these parameters")
+        raise non_finite_error("at these parameters")
     on_device = H.devices().pop().platform != "cpu"
     if on_device:  # no sytrf in JAX: one eigvalsh on the device for every threshold
         error = hessian_error(np.asarray(H))

@@ -99,7 +99,7 @@ def sym_givens(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array, jax.Ar
     return c, s, r
 
 
-def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
+def safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
     """``num / den`` where ``den != 0``, else 0 (no inf/NaN even in unselected branches)."""
     ok = den != 0
     return jnp.where(ok, num / jnp.where(ok, den, jnp.ones_like(den)), jnp.zeros_like(num))
@@ -218,7 +218,7 @@ def minres_qlp(
         k=jnp.zeros((), jnp.int32),
         flag=jnp.where(beta1 == 0, 0, FLAG_RUNNING).astype(jnp.int32),
         v_prev=zeros_n,
-        v=_safe_div(b, beta1),
+        v=safe_div(b, beta1),
         beta=beta1,  # beta_k: the coupling of v_k to v_{k-1} (beta_1 = |b|)
         # Previous left reflections Q_{k-2}, Q_{k-1}; (c, s) = (-1, 0) makes the first two
         # iterations special cases of the general recurrence.
@@ -256,7 +256,7 @@ def minres_qlp(
         beta_next = jnp.linalg.norm(p)
         # Breakdown threshold eps^(3/4) |A|, as Choi & Saunders' btol.
         breakdown = beta_next <= eps**0.75 * jnp.maximum(jnp.sqrt(s.anorm2 + alpha**2), tiny)
-        v_next = jnp.where(breakdown, zeros_n, _safe_div(p, beta_next))
+        v_next = jnp.where(breakdown, zeros_n, safe_div(p, beta_next))
         beta_next = jnp.where(breakdown, zero, beta_next)
         anorm2 = (
             s.anorm2 + alpha * alpha + beta_next * beta_next
@@ -286,14 +286,14 @@ def minres_qlp(
         mubar = jnp.where(first, lam, jnp.where(second, -cp2 * lam, -cd3 * eta))
 
         # Forward substitution L_k t_k = z_k for the last three entries of t_k.
-        tau_km2 = _safe_div(s.tau_km1 * s.mubis_km2, mu_km2)  # k >= 3
-        tau_km1_3 = _safe_div(s.xi_km1 - psi_km2 * tau_km2, mubis_km1)
+        tau_km2 = safe_div(s.tau_km1 * s.mubis_km2, mu_km2)  # k >= 3
+        tau_km1_3 = safe_div(s.xi_km1 - psi_km2 * tau_km2, mubis_km1)
         xi_3 = zeta - rho_km2 * tau_km2
-        tau_km1_2 = _safe_div(s.tau_k * s.mubar_km1, mubis_km1)
+        tau_km1_2 = safe_div(s.tau_k * s.mubar_km1, mubis_km1)
         tau_km1 = jnp.where(second, tau_km1_2, tau_km1_3)
         xi = jnp.where(first | second, zeta, xi_3)
         singular = mubar == 0
-        tau_k = _safe_div(xi - jnp.where(first, zero, psibar_km1 * tau_km1), mubar)
+        tau_k = safe_div(xi - jnp.where(first, zero, psibar_km1 * tau_km1), mubar)
 
         # Directions W_k = V_k P_k^T: w_{k-2} is final and enters x; w_{k-1}, w_k are pending.
         v = s.v
@@ -320,13 +320,13 @@ def minres_qlp(
         ])  # fmt: skip
         mumax = jnp.where(first, abs_mubar, jnp.maximum(s.mumax, jnp.max(mus)))
         mumin = jnp.where(first, abs_mubar, jnp.minimum(s.mumin, jnp.min(mus)))
-        acond = _safe_div(mumax, mumin)
+        acond = safe_div(mumax, mumin)
         acond = jnp.where(mumin == 0, jnp.inf, acond)
 
         x_k = x + tau_km1 * w_km1 + tau_k * w_k
         xnorm = jnp.linalg.norm(x_k)
         relres = rnorm / (anorm * xnorm + beta1)
-        relares_prev = _safe_div(root, anorm)
+        relares_prev = safe_div(root, anorm)
         arnorm_prev = rnorm_prev * root
         arnorm0 = jnp.where(first, arnorm_prev, s.arnorm0)  # |A r_0| = |A b|
 
@@ -391,9 +391,9 @@ def minres_qlp(
     # On the trust boundary: the t in [0, 1] with |x + t d| = radius (a quadratic in t).
     dd, xd, xx = jnp.vdot(d, d), jnp.vdot(x, d), jnp.vdot(x, x)
     disc = jnp.maximum(xd * xd + dd * (radius * radius - xx), 0.0)
-    t = jnp.clip(_safe_div(-xd + jnp.sqrt(disc), dd), 0.0, 1.0)
+    t = jnp.clip(safe_div(-xd + jnp.sqrt(disc), dd), 0.0, 1.0)
     on_boundary = x + t * d
-    on_boundary = on_boundary * jnp.minimum(1.0, _safe_div(radius, jnp.linalg.norm(on_boundary)))
+    on_boundary = on_boundary * jnp.minimum(1.0, safe_div(radius, jnp.linalg.norm(on_boundary)))
     x = jnp.where(s.exclude_last, x, x + d)
     x = jnp.where(s.flag == 11, on_boundary, x)
     r = b - op(x)
@@ -402,7 +402,7 @@ def minres_qlp(
     arnorm = jnp.linalg.norm(ar)
     anorm = jnp.sqrt(s.anorm2)
     xnorm = jnp.linalg.norm(x)
-    acond = jnp.where(s.mumin == 0, jnp.inf, _safe_div(s.mumax, s.mumin))
+    acond = jnp.where(s.mumin == 0, jnp.inf, safe_div(s.mumax, s.mumin))
     info = MinresQLPInfo(
         flag=s.flag,
         iterations=s.k,
@@ -411,7 +411,7 @@ def minres_qlp(
         anorm=anorm,
         acond=acond,
         xnorm=xnorm,
-        relres=_safe_div(rnorm, anorm * xnorm + beta1),
-        relares=_safe_div(arnorm, anorm * rnorm),
+        relres=safe_div(rnorm, anorm * xnorm + beta1),
+        relares=safe_div(arnorm, anorm * rnorm),
     )
     return x, info

@@ -90,7 +90,7 @@ from jax.flatten_util import ravel_pytree
 from matfree import stochtrace
 
 from saddlestudy import hessian, krylov, memory
-from saddlestudy._checks import check_int
+from saddlestudy._checks import check_int, check_loss_and_params, non_finite_error
 from saddlestudy._results import plain, ravel_batched
 from saddlestudy.memory import device_memory_bytes  # noqa: F401  (config.py reads it here)
 
@@ -689,24 +689,6 @@ def _check_positive(name: str, value: Any) -> float:
     return result
 
 
-def _validate(loss_fn: Callable, params: Params) -> tuple[int, jnp.dtype]:
-    """Checks the loss and the parameters; returns (P, dtype of the flat vector)."""
-    leaves = jax.tree.leaves(params)
-    if not leaves:
-        raise ValueError("params has no array leaves: nothing to differentiate")
-    for leaf in leaves:
-        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-            raise ValueError(
-                f"every parameter must be a float array, got dtype {jnp.result_type(leaf)}"
-            )
-    out = jax.eval_shape(loss_fn, params)
-    if not hasattr(out, "shape") or out.shape != ():
-        shape = getattr(out, "shape", type(out).__name__)
-        raise ValueError(f"loss_fn must return a scalar, got shape {shape}")
-    num_params = sum(math.prod(jnp.shape(leaf)) for leaf in leaves)
-    return num_params, jnp.dtype(jnp.result_type(*leaves))
-
-
 def _plan(loss_fn, params, options: _Options, num_replicas: int) -> tuple[int, int]:
     return memory.plan(
         loss_fn,
@@ -748,7 +730,7 @@ def _resolve_options(
     if method not in METHODS:
         raise ValueError(f"unknown spectrum method {method!r}; choose from {METHODS}")
     zero_tol = check_zero_tol(zero_tol)
-    num_params, dtype = _validate(loss_fn, params)
+    num_params, dtype = check_loss_and_params(loss_fn, params)
     only = {
         "num_matvecs": (num_matvecs, ("lanczos", "slq")),
         "num_extreme": (num_extreme, ("lanczos",)),
@@ -811,13 +793,6 @@ def _assemble(raw: dict, options: _Options) -> Spectrum:
         num_extreme=options.num_extreme,
         tol=options.tol,
         **raw,
-    )
-
-
-def _non_finite_error(where: str) -> ValueError:
-    return ValueError(
-        f"Hessian-vector products are non-finite (NaN or inf) {where}; "
-        "check the loss and the data for NaN"
     )
 
 
@@ -911,7 +886,7 @@ def hessian_spectrum(
     )
     finite = raw.pop("finite")
     if not _is_tracer(finite) and not bool(finite):
-        raise _non_finite_error("at these parameters")
+        raise non_finite_error("at these parameters")
     return _assemble(raw, options)
 
 
@@ -976,7 +951,7 @@ def hessian_spectra(
     finite = raw.pop("finite")
     if not _is_tracer(finite) and not bool(jnp.all(finite)):
         bad = [int(r) for r in np.flatnonzero(~np.asarray(finite))]
-        raise _non_finite_error(f"for replicas {bad}")
+        raise non_finite_error(f"for replicas {bad}")
     return _assemble(raw, options)
 
 
@@ -1015,7 +990,7 @@ def hessian_eigenpairs(
     """
     if which not in EIGENPAIR_WHICH:
         raise ValueError(f"which must be one of {EIGENPAIR_WHICH}, got {which!r}")
-    num_params, dtype = _validate(loss_fn, params)
+    num_params, dtype = check_loss_and_params(loss_fn, params)
     if num_params < 2:
         raise ValueError(f"Lanczos needs at least 2 parameters, got P = {num_params}")
     k = check_int("k", k, 1, num_params)
@@ -1034,7 +1009,7 @@ def hessian_eigenpairs(
         stop_early=bool(stop_early),
     )
     if not _is_tracer(finite) and not bool(finite):
-        raise _non_finite_error("at these parameters")
+        raise non_finite_error("at these parameters")
     return Eigenpairs(
         eigenvalues=values,
         eigenvectors=vectors,
@@ -1072,12 +1047,12 @@ def hessian_trace(
     """
     if estimator not in TRACE_ESTIMATORS:
         raise ValueError(f"estimator must be one of {TRACE_ESTIMATORS}, got {estimator!r}")
-    num_params, _ = _validate(loss_fn, params)
+    num_params, _ = check_loss_and_params(loss_fn, params)
     high = num_params if estimator == "xtrace" else None
     num_probes = check_int("num_probes", num_probes, 2, high)
     value, sem = _trace_jit(
         loss_fn, params, _default_key(key), num_probes=num_probes, estimator=estimator
     )
     if not _is_tracer(value) and not bool(jnp.isfinite(value)):
-        raise _non_finite_error("at these parameters")
+        raise non_finite_error("at these parameters")
     return TraceEstimate(value=value, sem=sem)
