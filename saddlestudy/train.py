@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -273,23 +273,84 @@ class _Fixed:
         return self.optimizer
 
 
+class _TrainState(NamedTuple):
+    """One replica's training state inside the compiled loop. ``loss`` and ``grads`` belong
+    to ``params`` (full batch: one gradient per step) or to the last minibatch."""
+
+    params: Params
+    opt_state: optax.OptState
+    loss: jax.Array
+    grads: Params
+    done: jax.Array  # stopped: |grad L|^2 < grad_tol
+    diverged: jax.Array  # stopped: a non-finite loss or parameters
+    steps: jax.Array  # steps taken
+    snap_steps: Params  # the parameters at config.snapshot_steps
+    snap_loss: Params  # ... at the first step below each of config.snapshot_losses
+    snap_loss_step: jax.Array  # that step, -1 while not reached
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _train(loss_fn, factory, config, data_per_replica, params_R, keys_R, data, hyperparams):
     # Built inside the trace from the traced hyperparameters; wrapped here too, since a wrapper
     # made outside would be a new static argument (and a recompilation) on every call.
     optimizer = optax.with_extra_args_support(factory(**hyperparams))
     value_and_grad = jax.value_and_grad(loss_fn)
-    minibatch = config.batch_size is not None
     step_marks = jnp.asarray(config.snapshot_steps, jnp.int32)
     loss_levels = jnp.asarray(config.snapshot_losses)
 
+    def loss_snapshot(c: _TrainState, params, loss, t):
+        newly = (c.snap_loss_step < 0) & (loss <= loss_levels)
+        return _write_where(newly, c.snap_loss, params), jnp.where(newly, t, c.snap_loss_step)
+
     def one_replica(params, key, data):
-        def sample(step):
-            if not minibatch:
-                return data
+        # The full-batch and minibatch variants, chosen once: how a step proposes its update,
+        # whether loss snapshots are taken per step, and what is checked at a chunk's end.
+        if config.batch_size is None:
+
+            def propose(c: _TrainState, t):
+                # c.loss, c.grads belong to c.params: one gradient per step.
+                updates, opt_state = optimizer.update(c.grads, c.opt_state, c.params, value=c.loss)
+                new_params = optax.apply_updates(c.params, updates)
+                new_loss, new_grads = value_and_grad(new_params, data)
+                stop_now = _tree_norm_sq(new_grads) < config.grad_tol
+                return new_params, opt_state, new_loss, new_grads, jnp.isfinite(new_loss), stop_now
+
+            def step_loss_snapshot(c: _TrainState, n: _TrainState, t):
+                return loss_snapshot(c, n.params, n.loss, t)
+
+            def end_of_chunk(c: _TrainState, loss, gn, t):
+                return c
+
+        else:
             num = jax.tree.leaves(data)[0].shape[0]
-            idx = jax.random.randint(jax.random.fold_in(key, step), (config.batch_size,), 0, num)
-            return jax.tree.map(lambda d: d[idx], data)
+
+            def propose(c: _TrainState, t):
+                # Gradient on this step's batch; the full-data loss is only evaluated at the
+                # end of each chunk, so divergence shows here as a non-finite batch loss or
+                # non-finite parameters.
+                idx = jax.random.randint(jax.random.fold_in(key, t), (config.batch_size,), 0, num)
+                batch = jax.tree.map(lambda d: d[idx], data)
+                loss, grads = value_and_grad(c.params, batch)
+                updates, opt_state = optimizer.update(grads, c.opt_state, c.params, value=loss)
+                new_params = optax.apply_updates(c.params, updates)
+                finite = jnp.isfinite(loss) & jnp.all(
+                    jnp.array([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new_params)])
+                )
+                return new_params, opt_state, loss, grads, finite, jnp.array(False)
+
+            def step_loss_snapshot(c: _TrainState, n: _TrainState, t):
+                return c.snap_loss, c.snap_loss_step
+
+            def end_of_chunk(c: _TrainState, loss, gn, t):
+                # The stopping test, divergence and loss snapshots on the full data.
+                live = ~(c.done | c.diverged)
+                snap_loss, snap_loss_step = loss_snapshot(c, c.params, loss, t)
+                return c._replace(
+                    done=c.done | (live & (gn < config.grad_tol)),
+                    diverged=c.diverged | (live & ~jnp.isfinite(loss)),
+                    snap_loss=_select(live, snap_loss, c.snap_loss),
+                    snap_loss_step=jnp.where(live, snap_loss_step, c.snap_loss_step),
+                )
 
         loss, grads = value_and_grad(params, data)
         full_gn = _tree_norm_sq(grads)
@@ -301,98 +362,50 @@ def _train(loss_fn, factory, config, data_per_replica, params_R, keys_R, data, h
             lambda p: jnp.zeros((len(config.snapshot_losses), *p.shape), p.dtype), params
         )
         reached = loss <= loss_levels
-        snap_loss = _write_where(reached, snap_loss, params)
-        snap_loss_step = jnp.where(reached, 0, -1)
-        carry = dict(
+        carry = _TrainState(
             params=params, opt_state=optimizer.init(params), loss=loss, grads=grads,
             done=full_gn < config.grad_tol, diverged=jnp.array(False), steps=jnp.array(0),
-            snap_steps=snap_steps, snap_loss=snap_loss, snap_loss_step=snap_loss_step,
+            snap_steps=snap_steps, snap_loss=_write_where(reached, snap_loss, params),
+            snap_loss_step=jnp.where(reached, 0, -1),
         )  # fmt: skip
 
-        def step(c, t):
-            frozen = c["done"] | c["diverged"]
-            if minibatch:
-                # Gradient on this step's batch; the full-data loss is only evaluated at the
-                # end of each chunk, so divergence shows here as a non-finite batch loss or
-                # non-finite parameters.
-                loss, grads = value_and_grad(c["params"], sample(t))
-                updates, opt_state = optimizer.update(
-                    grads, c["opt_state"], c["params"], value=loss
-                )
-                new_params = optax.apply_updates(c["params"], updates)
-                finite = jnp.isfinite(loss) & jnp.all(
-                    jnp.array([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new_params)])
-                )
-                new_loss, new_grads, stop_now = loss, grads, jnp.array(False)
-            else:
-                # c["loss"], c["grads"] belong to c["params"]: one gradient per step.
-                updates, opt_state = optimizer.update(
-                    c["grads"], c["opt_state"], c["params"], value=c["loss"]
-                )
-                new_params = optax.apply_updates(c["params"], updates)
-                new_loss, new_grads = value_and_grad(new_params, data)
-                finite = jnp.isfinite(new_loss)
-                stop_now = _tree_norm_sq(new_grads) < config.grad_tol
+        def step(c: _TrainState, t):
+            frozen = c.done | c.diverged
+            new_params, opt_state, new_loss, new_grads, finite, stop_now = propose(c, t)
             keep = frozen | ~finite
-            n = {
-                "params": _select(keep, c["params"], new_params),
-                "opt_state": _select(keep, c["opt_state"], opt_state),
-                "loss": jnp.where(keep, c["loss"], new_loss),
-                "grads": _select(keep, c["grads"], new_grads),
-                "done": c["done"] | (~keep & stop_now),
-                "diverged": c["diverged"] | (~finite & ~frozen),
-                "steps": c["steps"] + jnp.where(keep, 0, 1),
-            }
-            n["snap_steps"] = _write_where(step_marks == t + 1, c["snap_steps"], n["params"])
-            if minibatch:
-                n["snap_loss"], n["snap_loss_step"] = c["snap_loss"], c["snap_loss_step"]
-            else:
-                n["snap_loss"], n["snap_loss_step"] = _loss_snapshot(
-                    c, n["params"], n["loss"], t + 1
-                )
-            return n, None
-
-        def _loss_snapshot(c, params, loss, t):
-            newly = (c["snap_loss_step"] < 0) & (loss <= loss_levels)
-            return (
-                _write_where(newly, c["snap_loss"], params),
-                jnp.where(newly, t, c["snap_loss_step"]),
+            n = c._replace(
+                params=_select(keep, c.params, new_params),
+                opt_state=_select(keep, c.opt_state, opt_state),
+                loss=jnp.where(keep, c.loss, new_loss),
+                grads=_select(keep, c.grads, new_grads),
+                done=c.done | (~keep & stop_now),
+                diverged=c.diverged | (~finite & ~frozen),
+                steps=c.steps + jnp.where(keep, 0, 1),
             )
+            n = n._replace(snap_steps=_write_where(step_marks == t + 1, c.snap_steps, n.params))
+            snap_loss, snap_loss_step = step_loss_snapshot(c, n, t + 1)
+            return n._replace(snap_loss=snap_loss, snap_loss_step=snap_loss_step), None
 
-        def chunk(c, t0):
+        def chunk(c: _TrainState, t0):
             c, _ = jax.lax.scan(step, c, t0 + jnp.arange(config.record_every))
-            loss, grads = value_and_grad(c["params"], data)
+            loss, grads = value_and_grad(c.params, data)
             gn = _tree_norm_sq(grads)
-            if minibatch:
-                # The stopping test, divergence and loss snapshots on the full data.
-                live = ~(c["done"] | c["diverged"])
-                blew_up = live & ~jnp.isfinite(loss)
-                snap_loss, snap_loss_step = _loss_snapshot(
-                    c, c["params"], loss, t0 + config.record_every
-                )
-                c = dict(
-                    c,
-                    done=c["done"] | (live & (gn < config.grad_tol)),
-                    diverged=c["diverged"] | blew_up,
-                    snap_loss=_select(live, snap_loss, c["snap_loss"]),
-                    snap_loss_step=jnp.where(live, snap_loss_step, c["snap_loss_step"]),
-                )
-            return c, (loss, gn)
+            return end_of_chunk(c, loss, gn, t0 + config.record_every), (loss, gn)
 
         starts = jnp.arange(0, config.num_steps, config.record_every)
         c, (loss_hist, gn_hist) = jax.lax.scan(chunk, carry, starts)
-        final_loss, final_grads = value_and_grad(c["params"], data)
+        final_loss, final_grads = value_and_grad(c.params, data)
         return TrainResult(
-            params=c["params"],
+            params=c.params,
             loss=final_loss,
             grad_norm_sq=_tree_norm_sq(final_grads),
-            steps=c["steps"],
-            diverged=c["diverged"],
+            steps=c.steps,
+            diverged=c.diverged,
             loss_history=loss_hist,
             grad_norm_sq_history=gn_hist,
-            step_snapshots=c["snap_steps"],
-            loss_snapshots=c["snap_loss"],
-            loss_snapshot_steps=c["snap_loss_step"],
+            step_snapshots=c.snap_steps,
+            loss_snapshots=c.snap_loss,
+            loss_snapshot_steps=c.snap_loss_step,
             record_every=config.record_every,
         )
 
