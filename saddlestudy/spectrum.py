@@ -81,7 +81,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -339,7 +339,47 @@ class TraceEstimate:
 # ---------------------------------------------------------------------------------------------
 
 
-def _dense_core(loss_fn, params, *, chunk_size):
+class _DenseCore(NamedTuple):
+    """What the dense method computes (flat, inside the compiled call)."""
+
+    eigenvalues: jax.Array  # all P, ascending
+    min_vector: jax.Array
+    lambda_min: jax.Array
+    lambda_max: jax.Array
+    converged: jax.Array
+    eigenvalue_error: jax.Array  # a bound on every eigenvalue's error
+    finite: jax.Array
+
+
+class _LanczosCore(NamedTuple):
+    """What one Lanczos run computes: Ritz values with their residual bounds."""
+
+    eigenvalues: jax.Array  # the Ritz values, ascending
+    min_vector: jax.Array
+    lambda_min: jax.Array
+    lambda_max: jax.Array
+    residual_bounds: jax.Array
+    converged: jax.Array
+    finite: jax.Array
+
+
+class _SlqCore(NamedTuple):
+    """What SLQ computes: per probe, quadrature nodes and weights; the density on a grid."""
+
+    eigenvalues: jax.Array  # nodes, (probes, m)
+    weights: jax.Array
+    min_vector: jax.Array
+    lambda_min: jax.Array
+    lambda_max: jax.Array
+    residual_bounds: jax.Array
+    converged: jax.Array
+    density_grid: jax.Array
+    density: jax.Array
+    density_width: jax.Array
+    finite: jax.Array
+
+
+def _dense_core(loss_fn, params, *, chunk_size) -> _DenseCore:
     H = hessian.dense_hessian_chunked(loss_fn, params, chunk_size)
     # The asymmetry is rounding error only: it estimates the built matrix's error
     # (inertia.hessian_error), to which eigh adds its backward error n eps ||H||_F.
@@ -349,7 +389,7 @@ def _dense_core(loss_fn, params, *, chunk_size):
     H = 0.5 * (H + H.T)
     finite = jnp.all(jnp.isfinite(H))
     eigenvalues, eigenvectors = jnp.linalg.eigh(jnp.where(finite, H, jnp.zeros_like(H)))
-    return dict(
+    return _DenseCore(
         eigenvalues=eigenvalues,
         min_vector=krylov.fix_sign(eigenvectors[:, 0]),
         lambda_min=eigenvalues[0],
@@ -360,14 +400,14 @@ def _dense_core(loss_fn, params, *, chunk_size):
     )
 
 
-def _lanczos_core(loss_fn, params, noise, tol, *, num_matvecs, num_extreme):
+def _lanczos_core(loss_fn, params, noise, tol, *, num_matvecs, num_extreme) -> _LanczosCore:
     matvec, _ = hessian.flat_hvp(loss_fn, params)
     v0, restart = noise
     tri = krylov.lanczos_tridiag(matvec, v0, num_matvecs, restart_vector=restart)
     theta, S, bounds = krylov.ritz_pairs(tri)
     scale = jnp.maximum(jnp.abs(theta[0]), jnp.abs(theta[-1]))
     extremes = jnp.concatenate([bounds[:num_extreme], bounds[-num_extreme:]])
-    return dict(
+    return _LanczosCore(
         eigenvalues=theta,
         min_vector=krylov.fix_sign(krylov.unit(S[:, 0] @ tri.basis)),
         lambda_min=theta[0],
@@ -378,7 +418,7 @@ def _lanczos_core(loss_fn, params, noise, tol, *, num_matvecs, num_extreme):
     )
 
 
-def _slq_core(loss_fn, params, noise, tol, density_width, *, num_matvecs, chunk_size):
+def _slq_core(loss_fn, params, noise, tol, density_width, *, num_matvecs, chunk_size) -> _SlqCore:
     matvec, theta0 = hessian.flat_hvp(loss_fn, params)
     restart = noise[-1]  # shared by the probes: any random vector serves a rare restart
 
@@ -409,7 +449,7 @@ def _slq_core(loss_fn, params, noise, tol, density_width, *, num_matvecs, chunk_
     margin = DENSITY_GRID_MARGIN * density_width
     grid = jnp.linspace(lambda_min - margin, lambda_max + margin, DENSITY_GRID_SIZE)
     finite = jnp.all(finite)
-    return dict(
+    return _SlqCore(
         eigenvalues=nodes,
         weights=weights,
         min_vector=krylov.fix_sign(min_vectors[best_min]),
@@ -439,13 +479,13 @@ def _spectrum_core(
     chunk_size,
 ):
     if method == "dense":
-        raw = _dense_core(loss_fn, params, chunk_size=chunk_size)
+        core = _dense_core(loss_fn, params, chunk_size=chunk_size)
     elif method == "lanczos":
-        raw = _lanczos_core(
+        core = _lanczos_core(
             loss_fn, params, noise, tol, num_matvecs=num_matvecs, num_extreme=num_extreme
         )
     else:
-        raw = _slq_core(
+        core = _slq_core(
             loss_fn,
             params,
             noise,
@@ -454,6 +494,7 @@ def _spectrum_core(
             num_matvecs=num_matvecs,
             chunk_size=chunk_size,
         )
+    raw = core._asdict()  # the Spectrum fields this method fills
     # Counting and unravelling inside the compiled call: done eagerly, each of their small
     # operations would be compiled on its own.
     raw["min_eigenvector"] = ravel_pytree(params)[1](raw.pop("min_vector"))
@@ -703,15 +744,17 @@ def _plan(loss_fn, params, options: _Options, num_replicas: int) -> tuple[int, i
 
 @dataclasses.dataclass(frozen=True)
 class _Options:
+    """The checked settings of one call; what a method does not use stays None."""
+
     method: str
     zero_tol: float
     num_params: int
-    num_matvecs: int | None
-    num_extreme: int | None
-    num_probes: int | None
-    chunk_size: int | None
-    tol: float | None
-    density_width: float | None
+    num_matvecs: int | None = None
+    num_extreme: int | None = None
+    num_probes: int | None = None
+    chunk_size: int | None = None
+    tol: float | None = None
+    density_width: float | None = None
 
 
 def _resolve_options(
@@ -744,8 +787,9 @@ def _resolve_options(
             raise ValueError(f"{name} applies to method {' and '.join(methods)}, not {method!r}")
     if chunk_size is not None:
         chunk_size = check_int("chunk_size", chunk_size, 1)
+    common = dict(method=method, zero_tol=zero_tol, num_params=num_params)
     if method == "dense":
-        return _Options(method, zero_tol, num_params, None, None, None, chunk_size, None, None)
+        return _Options(**common, chunk_size=chunk_size)
 
     if num_params < 2:
         raise ValueError(f"method {method!r} needs at least 2 parameters, got P = {num_params}")
@@ -758,25 +802,14 @@ def _resolve_options(
     # sqrt(eps): a residual this small makes an isolated eigenvalue accurate to ~eps.
     tol = math.sqrt(float(jnp.finfo(dtype).eps)) if tol is None else _check_positive("tol", tol)
     if method == "lanczos":
-        return _Options(
-            method, zero_tol, num_params, num_matvecs, num_extreme, None, None, tol, None
-        )
+        return _Options(**common, num_matvecs=num_matvecs, num_extreme=num_extreme, tol=tol)
     num_probes = check_int(
         "num_probes", DEFAULT_NUM_PROBES if num_probes is None else num_probes, 2
     )
     if density_width is not None:
         density_width = _check_positive("density_width", density_width)
-    return _Options(
-        method,
-        zero_tol,
-        num_params,
-        num_matvecs,
-        None,
-        num_probes,
-        chunk_size,
-        tol,
-        density_width,
-    )
+    return _Options(**common, num_matvecs=num_matvecs, num_probes=num_probes,
+                    chunk_size=chunk_size, tol=tol, density_width=density_width)  # fmt: skip
 
 
 def _is_tracer(x: Any) -> bool:
