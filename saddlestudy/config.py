@@ -79,16 +79,19 @@ Errors name the key (``model.width: ...``) in one line, before anything is compu
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import itertools
 import json
 import math
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from saddlestudy import data, inertia, losses, memory, models, optim, rows, spectrum
 from saddlestudy._checks import is_int
+from saddlestudy.study import Cell, CountSettings, ModelGrid, Study
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 DEFAULT_STUDY = "default"
@@ -299,27 +302,17 @@ def _resolve_models(given: Any, train_cfg: dict) -> dict | list[dict]:
     return _resolve_model("model", given, train_cfg)
 
 
-def model_tables(cfg: dict) -> list[dict]:
-    """The study's model grids: ``cfg["model"]`` as a list (one entry for a single [model])."""
-    return cfg["model"] if isinstance(cfg["model"], list) else [cfg["model"]]
-
-
-def cell_train(cfg: dict, model: dict) -> dict:
-    """The [train] settings of a model grid's cells: the study's, with its own keys on top."""
-    return {**cfg["train"], **model.get("train", {})}
-
-
-def cell_finder(cfg: dict, model: dict) -> dict:
-    """The [finder] settings of a model grid's cells: the study's, its [model.finder] on top."""
-    return {**cfg["finder"], **model.get("finder", {})}
-
-
-def resolve(raw: dict) -> dict:
+def resolve(raw: dict) -> Study:
     """Validates a parsed TOML study and fills in defaults; returns the resolved config.
 
     Raises:
       ConfigError: naming the first bad key.
     """
+    return Study.from_dict(_resolve_dict(raw))
+
+
+def _resolve_dict(raw: dict) -> dict:
+    """:func:`resolve` as plain dicts (the form that is hashed)."""
     if not isinstance(raw, dict):
         _fail("config", "must be a TOML table")
     unknown = sorted(set(raw) - _TABLES)
@@ -438,9 +431,9 @@ def resolve(raw: dict) -> dict:
     return cfg
 
 
-def config_hash(cfg: dict) -> str:
+def config_hash(cfg: Study) -> str:
     """A short hash of the resolved config (canonical JSON), presentation tables left out."""
-    kept = {k: v for k, v in cfg.items() if k not in _PRESENTATION_TABLES}
+    kept = {k: v for k, v in cfg.to_dict().items() if k not in _PRESENTATION_TABLES}
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -498,7 +491,7 @@ def load(
     *,
     quick: bool = False,
     overrides: dict[str, Any] | None = None,
-) -> dict:
+) -> Study:
     """Loads and resolves a study: a TOML path, a name in experiments/, or the default.
 
     Args:
@@ -543,18 +536,19 @@ def _arch(ds: data.Dataset, depth: int, width, activation: str, use_bias: bool) 
     )
 
 
-def load_cell_dataset(cfg: dict, entry: dict) -> data.Dataset:
-    """The dataset of a [[data]] entry in the study's dtype (``random_labels = SEED``: its
-    targets shuffled by :func:`saddlestudy.data.random_labels`)."""
+def load_cell_dataset(entry: dict, dtype: str) -> data.Dataset:
+    """The dataset of a [[data]] entry in ``dtype`` (``random_labels = SEED``: its targets
+    shuffled by :func:`saddlestudy.data.random_labels`)."""
     kwargs = {k: v for k, v in entry.items() if k not in ("name", "random_labels")}
-    ds = data.load_dataset(entry["name"], dtype=cfg["study"]["dtype"], **kwargs)
+    ds = data.load_dataset(entry["name"], dtype=dtype, **kwargs)
     if "random_labels" in entry:
         ds = data.random_labels(ds, entry["random_labels"])
     return ds
 
 
-def expand(cfg: dict, datasets: list[data.Dataset] | None = None) -> list[dict]:
-    """The cells of the grid, each a plain dict with a stable ``cell_id``.
+def expand(cfg: Study, datasets: list[data.Dataset] | None = None) -> list[Cell]:
+    """The cells of the grid, each a :class:`~saddlestudy.study.Cell` with a stable
+    ``cell_id``.
 
     Raises:
       ConfigError: a dataset's arguments are wrong, or an architecture is impossible, or
@@ -562,119 +556,96 @@ def expand(cfg: dict, datasets: list[data.Dataset] | None = None) -> list[dict]:
     """
     if datasets is None:
         datasets = []
-        for i, entry in enumerate(cfg["data"]):
+        for i, entry in enumerate(cfg.data):
             try:
-                datasets.append(load_cell_dataset(cfg, entry))
+                datasets.append(load_cell_dataset(entry, cfg.dtype))
             except (ValueError, TypeError) as err:
                 _fail(f"data[{i}]", str(err))
     cells = []
     seen: dict[str, str] = {}
-    tables = model_tables(cfg)
-    for m_index, model in enumerate(tables):
-        where = f"model[{m_index}]" if isinstance(cfg["model"], list) else "model"
-        for cell in _model_cells(cfg, model, datasets, where):
-            if cell["cell_id"] in seen:
-                what = f"depth={cell['depth']} width={cell['width']}"
-                what += f" ({cell['dataset']}, {cell['optimizer']['name']})"
-                _fail(where, f"the cell {what} is in {seen[cell['cell_id']]} too")
-            seen[cell["cell_id"]] = where
+    for m_index, grid in enumerate(cfg.models):
+        where = f"model[{m_index}]" if cfg.several_models else "model"
+        for cell in _model_cells(cfg, grid, datasets, where):
+            if cell.cell_id in seen:
+                what = f"depth={cell.depth} width={width_text(cell.width)}"
+                what += f" ({cell.dataset}, {cell.optimizer['name']})"
+                _fail(where, f"the cell {what} is in {seen[cell.cell_id]} too")
+            seen[cell.cell_id] = where
             cells.append(cell)
     _check_spectrum_memory(cfg, cells)
     return cells
 
 
-def _model_cells(cfg: dict, model: dict, datasets: list[data.Dataset], where: str) -> list[dict]:
-    train_cfg = cell_train(cfg, model)
-    finder_cfg = cell_finder(cfg, model)
+def _model_cells(
+    cfg: Study, grid: ModelGrid, datasets: list[data.Dataset], where: str
+) -> list[Cell]:
+    train = cfg.train_of(grid)
+    finder = cfg.finder_of(grid)
+    settings = {"train": train.to_dict(), "finder": finder.to_dict(),
+                "spectrum": cfg.spectrum.to_dict()}  # fmt: skip
     cells = []
-    grid = itertools.product(
+    product = itertools.product(
         range(len(datasets)),
-        model["depth"],
-        model["width"],
-        model["activation"],
-        range(len(cfg["optimizer"])),
-        cfg["finder"]["method"],
+        grid.depth,
+        grid.width,
+        grid.activation,
+        range(len(cfg.optimizers)),
+        cfg.finder.method,
     )
-    for d_index, depth, width, activation, o_index, finder_method in grid:
-        if isinstance(width, list) and len(width) != depth:
+    for d_index, depth, width, activation, o_index, finder_method in product:
+        if isinstance(width, tuple) and len(width) != depth:
             continue  # per-layer widths only pair with their own depth
-        if depth == 0 and width != model["width"][0]:
+        if depth == 0 and width != grid.width[0]:
             continue  # a linear model has no hidden width: one cell, not one per width
         ds = datasets[d_index]
         try:
-            arch = _arch(ds, depth, width, activation, model["use_bias"])
+            arch = _arch(ds, depth, width, activation, grid.use_bias)
         except ValueError as err:
             _fail(where, str(err))
-        loss = losses.default_loss(ds.task) if model["loss"] == "auto" else model["loss"]
+        loss = losses.default_loss(ds.task) if grid.loss == "auto" else grid.loss
         if loss == "cross_entropy" and ds.task != "classification":
             _fail(f"{where}.loss", f"cross_entropy needs a classification dataset, not {ds.name}")
-        if train_cfg["batch_size"] > ds.num_samples:
+        if train.batch_size > ds.num_samples:
             _fail(
                 "train.batch_size",
-                f"{train_cfg['batch_size']} exceeds the {ds.num_samples} samples of {ds.name}",
+                f"{train.batch_size} exceeds the {ds.num_samples} samples of {ds.name}",
             )
-        cell = {
-            "data": cfg["data"][d_index],
-            "dataset": ds.name,
-            "depth": depth,
-            "width": width,
-            "activation": activation,
-            "use_bias": model["use_bias"],
-            "loss": loss,
-            "l2": model["l2"],
-            "num_params": arch.num_params,
-            "optimizer": cfg["optimizer"][o_index],
-            "finder_method": finder_method,
-            "num_samples": ds.num_samples,
-        }
-        settings = {"train": train_cfg, "finder": finder_cfg, "spectrum": cfg["spectrum"]}
+        cell = Cell(
+            cell_id="", data=cfg.data[d_index], dataset=ds.name, arch=arch, depth=depth,
+            width=width, activation=activation, use_bias=grid.use_bias, loss=loss, l2=grid.l2,
+            num_params=arch.num_params, num_samples=ds.num_samples,
+            optimizer=cfg.optimizers[o_index], finder_method=finder_method,
+            spectrum_method=spectrum_plan(cfg, arch.num_params), train=train, finder=finder,
+        )  # fmt: skip
         key = json.dumps(
-            {
-                "cell": cell,  # not the spectrum method: under "auto" it depends on memory
-                "settings": settings,
-                "seed": cfg["study"]["seed"],
-                "dtype": cfg["study"]["dtype"],
-            },
+            {"cell": cell.identity(), "settings": settings, "seed": cfg.seed, "dtype": cfg.dtype},
             sort_keys=True,
         )
-        cell["cell_id"] = hashlib.sha256(key.encode()).hexdigest()[:16]
-        cell["spectrum_method"] = spectrum_plan(cfg, arch.num_params)
-        cell["train"] = train_cfg  # the cell's [train] settings (its [model.train] on top)
-        cell["finder"] = finder_cfg  # and [finder] settings (its [model.finder] on top)
-        cells.append(cell)
+        cells.append(
+            dataclasses.replace(cell, cell_id=hashlib.sha256(key.encode()).hexdigest()[:16])
+        )
     return cells
 
 
-def _itemsize(cfg: dict) -> int:
-    return 8 if cfg["study"]["dtype"] == "float64" else 4
-
-
-def spectrum_plan(cfg: dict, num_params: int) -> str:
+def spectrum_plan(cfg: Study, num_params: int) -> str:
     """What counts the eigenvalues of a cell with ``num_params`` parameters (one of
     ``CELL_SPECTRUM_METHODS``): :func:`saddlestudy.inertia.count_plan` with the study's
     ``[spectrum]`` settings."""
-    spec = cfg["spectrum"]
+    spec = cfg.spectrum
     return inertia.count_plan(
         num_params,
-        _itemsize(cfg),
-        method=spec["method"],
-        full_spectrum_max_params=spec["full_spectrum_max_params"],
-        dense_max_params=spec["dense_max_params"],
+        cfg.itemsize,
+        method=spec.method,
+        full_spectrum_max_params=spec.full_spectrum_max_params,
+        dense_max_params=spec.dense_max_params,
     )
 
 
-def primary_zero_tol(zero_tols: list[float]) -> float:
+def primary_zero_tol(zero_tols: Sequence[float]) -> float:
     """The tolerance of a row's ``index``, ``minimum_ratio`` and ``counts_exact``: the default
     (1e-5) when the study counts at it, else its largest."""
     default = spectrum.DEFAULT_ZERO_TOL
     return default if default in zero_tols else max(zero_tols)
-
-
-def num_starts(train_cfg: dict) -> int:
-    """Finder starts per replica of a cell with these [train] settings (``cell["train"]``):
-    the snapshots plus the end point."""
-    t = train_cfg
-    return len(t["snapshot_steps"]) + len(t["snapshot_losses"]) + 1
 
 
 def _available_memory() -> int:
@@ -682,30 +653,29 @@ def _available_memory() -> int:
     return spectrum.device_memory_bytes("free")
 
 
-def _check_spectrum_memory(cfg: dict, cells: list[dict]) -> None:
-    itemsize = _itemsize(cfg)
-    spec = cfg["spectrum"]
+def _check_spectrum_memory(cfg: Study, cells: list[Cell]) -> None:
+    spec = cfg.spectrum
     for c in cells:
-        P, method = c["num_params"], c["spectrum_method"]
-        if method == "dense" and spec["dense_max_params"] and P > spec["dense_max_params"]:
+        P, method = c.num_params, c.spectrum_method
+        if method == "dense" and spec.dense_max_params and P > spec.dense_max_params:
             _fail(
                 "spectrum.dense_max_params",
-                f'method "dense" at P={P} is above the cap {spec["dense_max_params"]}; '
+                f'method "dense" at P={P} is above the cap {spec.dense_max_params}; '
                 'raise the cap or use method "auto"',
             )
-        if method == "dense" and not inertia.dense_fits(P, itemsize):
-            need = inertia.DENSE_COPIES * P**2 * itemsize / 2**30
+        if method == "dense" and not inertia.dense_fits(P, cfg.itemsize):
+            need = inertia.DENSE_COPIES * P**2 * cfg.itemsize / 2**30
             _fail(
                 "spectrum.method",
                 f'"dense" at P={P} needs about {need:.1f} GiB ({inertia.DENSE_COPIES} P x P '
                 'matrices), more than fits; use "auto" (matrix-free where dense does not fit), '
                 '"lanczos" or "slq"',
             )
-    eigh = [c["num_params"] for c in cells if c["spectrum_method"] == "eigh"]
+    eigh = [c.num_params for c in cells if c.spectrum_method == "eigh"]
     if not eigh:
         return
     # One Hessian at a time per point, plus eigh's workspace.
-    need = memory.HESSIAN_COPIES * max(eigh) ** 2 * itemsize
+    need = memory.HESSIAN_COPIES * max(eigh) ** 2 * cfg.itemsize
     have = _available_memory()
     if need > inertia.DENSE_MEMORY_FRACTION * have:
         _fail(
@@ -716,9 +686,14 @@ def _check_spectrum_memory(cfg: dict, cells: list[dict]) -> None:
         )
 
 
-def describe(cfg: dict, cells: list[dict]) -> str:
+def width_text(width) -> str:
+    """A cell's width as the TOML wrote it: ``8``, or ``[8, 4]`` per layer."""
+    return str(list(width)) if isinstance(width, tuple) else str(width)
+
+
+def describe(cfg: Study, cells: list[Cell]) -> str:
     """The expanded cells and an estimate of the work, for ``--dry-run``."""
-    lines = [f"study {cfg['study']['name']} (config {config_hash(cfg)}): {len(cells)} cells"]
+    lines = [f"study {cfg.name} (config {config_hash(cfg)}): {len(cells)} cells"]
     lines.append(
         f"{'cell_id':16}  {'dataset':18} {'depth':>5} {'width':>8} {'act':8} {'P':>7} "
         f"{'optimizer':10} {'finder':18} {'points':>7} spectrum"
@@ -726,30 +701,30 @@ def describe(cfg: dict, cells: list[dict]) -> str:
     points = 0
     work = 0.0
     for c in cells:
-        t = c["train"]
-        n = t["replicas"] * num_starts(t)
+        t = c.train
+        n = t.replicas * t.num_starts
         points += n
         # Rough cost model in parameter-sample products: training steps plus finder iterations
         # (each about 2P HVPs), plus per point the Hessian-vector products of its counts
         # (dense: P; Lanczos: at most max_matvecs; SLQ: probes x depth).
-        P, N = c["num_params"], c["num_samples"]
-        work += t["replicas"] * t["num_steps"] * P * N * 3
-        work += n * c["finder"]["max_iters"] * min(P, 50) * P * N * 4
-        work += n * _spectrum_matvecs(cfg["spectrum"], c["spectrum_method"], P) * P * N * 4
+        P, N = c.num_params, c.num_samples
+        work += t.replicas * t.num_steps * P * N * 3
+        work += n * c.finder.max_iters * min(P, 50) * P * N * 4
+        work += n * _spectrum_matvecs(cfg.spectrum, c.spectrum_method, P) * P * N * 4
         lines.append(
-            f"{c['cell_id']:16}  {c['dataset']:18} {c['depth']:>5} {str(c['width']):>8} "
-            f"{c['activation']:8} {c['num_params']:>7} {c['optimizer']['name']:10} "
-            f"{c['finder_method']:18} {t['replicas']:>3}x{num_starts(t):<3} {c['spectrum_method']}"
+            f"{c.cell_id:16}  {c.dataset:18} {c.depth:>5} {width_text(c.width):>8} "
+            f"{c.activation:8} {c.num_params:>7} {c.optimizer['name']:10} "
+            f"{c.finder_method:18} {t.replicas:>3}x{t.num_starts:<3} {c.spectrum_method}"
         )
     lines.append(
         f"total: {len(cells)} cells, {points} finder starts (points: replicas x starts per "
         f"replica), about {work:.2e} multiply-adds (upper bound)"
     )
-    spec = cfg["spectrum"]
-    rel = ", ".join(f"{c:g}" for c in spec["relative_tols"]) or "none"
+    spec = cfg.spectrum
+    rel = ", ".join(f"{c:g}" for c in spec.relative_tols) or "none"
     lines.append(
-        f"counts at tau = {', '.join(f'{t:g}' for t in spec['zero_tols'])} (each row's index, "
-        f"minimum_ratio and counts_exact at {primary_zero_tol(spec['zero_tols']):g}) and at "
+        f"counts at tau = {', '.join(f'{t:g}' for t in spec.zero_tols)} (each row's index, "
+        f"minimum_ratio and counts_exact at {primary_zero_tol(spec.zero_tols):g}) and at "
         f"tau = c lambda_max for c = {rel}"
     )
     lines.append(
@@ -760,7 +735,7 @@ def describe(cfg: dict, cells: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _spectrum_matvecs(spec: dict, method: str, P: int) -> int:
-    lanczos = min(spec["max_matvecs"], 2 * P)
-    slq = spectrum.DEFAULT_NUM_PROBES * min(spec["num_matvecs"], P)
+def _spectrum_matvecs(spec: CountSettings, method: str, P: int) -> int:
+    lanczos = min(spec.max_matvecs, 2 * P)
+    slq = spectrum.DEFAULT_NUM_PROBES * min(spec.num_matvecs, P)
     return {"eigh": P, "dense": P, "lanczos": lanczos, "slq": slq}.get(method, lanczos + slq)

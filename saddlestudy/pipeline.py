@@ -37,12 +37,13 @@ from saddlestudy import (
     train,
 )
 from saddlestudy.provenance import provenance
+from saddlestudy.study import Cell, FinderSettings, Study
 
 
 @functools.lru_cache(maxsize=16)
 def _dataset(dtype: str, entry_json: str) -> data.Dataset:
     entry = json.loads(entry_json)
-    return study_config.load_cell_dataset({"study": {"dtype": dtype}}, entry)
+    return study_config.load_cell_dataset(entry, dtype)
 
 
 @functools.lru_cache(maxsize=64)
@@ -98,7 +99,7 @@ class TrainingCache:
 
 
 def run_cell(
-    cfg: dict, cell: dict, *, cache: TrainingCache | None = None
+    cfg: Study, cell: Cell, *, cache: TrainingCache | None = None
 ) -> tuple[pa.Table, dict[str, np.ndarray]]:
     """Trains, finds and measures one cell; returns its rows and its spectra. ``cache``: a
     :class:`TrainingCache` shared with the previous cell (None: train afresh).
@@ -107,34 +108,26 @@ def run_cell(
     :func:`saddlestudy.runner.run_study`: Ray workers start fresh); the caller's setting is
     restored on return.
     """
-    with study_precision(cfg["study"]["dtype"]):
+    with study_precision(cfg.dtype):
         return _run_cell(cfg, cell, cache if cache is not None else TrainingCache())
 
 
 def _run_cell(
-    cfg: dict, cell: dict, cache: TrainingCache
+    cfg: Study, cell: Cell, cache: TrainingCache
 ) -> tuple[pa.Table, dict[str, np.ndarray]]:
-    dtype = cfg["study"]["dtype"]
-    entry_json = json.dumps(cell["data"], sort_keys=True)
+    dtype = cfg.dtype
+    entry_json = json.dumps(cell.data, sort_keys=True)
     ds = _dataset(dtype, entry_json)
-    width = tuple(cell["width"]) if isinstance(cell["width"], list) else cell["width"]
-    arch = models.MLPConfig(
-        in_features=ds.input_dim,
-        out_features=ds.output_dim,
-        depth=cell["depth"],
-        width=width if cell["depth"] else 1,
-        activation=cell["activation"],
-        use_bias=cell["use_bias"],
-    )
-    loss_fn = _loss_fn(dtype, entry_json, arch, cell["loss"], float(cell["l2"]))
-    t = cell["train"]
-    R = t["replicas"]
+    arch = cell.arch
+    loss_fn = _loss_fn(dtype, entry_json, arch, cell.loss, float(cell.l2))
+    t = cell.train
+    R = t.replicas
     train_cfg = train.TrainConfig(
-        num_steps=t["num_steps"],
-        record_every=t["record_every"],
-        batch_size=t["batch_size"] or None,
-        snapshot_steps=tuple(t["snapshot_steps"]),
-        snapshot_losses=tuple(t["snapshot_losses"]),
+        num_steps=t.num_steps,
+        record_every=t.record_every,
+        batch_size=t.batch_size or None,
+        snapshot_steps=t.snapshot_steps,
+        snapshot_losses=t.snapshot_losses,
     )
     timings = {}
     t0 = time.perf_counter()
@@ -159,8 +152,8 @@ def _run_cell(
     ).reshape(-1)
 
     t0 = time.perf_counter()
-    fcfg = cell["finder"]  # [finder], with the cell's [model.finder] keys on top
-    method, grad_tol = cell["finder_method"], fcfg["grad_tol"]
+    fcfg = cell.finder  # [finder], with the cell's [model.finder] keys on top
+    method, grad_tol = cell.finder_method, fcfg.grad_tol
     stages = dtype
     if dtype == "float32" and method != "none":
         # Float32 first, to the gradient norm float32 resolves (FLOAT32_MIN_GRAD_TOL).
@@ -173,11 +166,11 @@ def _run_cell(
     precision = {"finder_stages": stages, "classified_in": dtype, "grad_tol": grad_tol}
     with study_precision("float64") if polish else contextlib.nullcontext():
         if polish:
-            loss_fn = _loss_fn("float64", entry_json, arch, cell["loss"], float(cell["l2"]))
+            loss_fn = _loss_fn("float64", entry_json, arch, cell.loss, float(cell.l2))
             upcast = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), found.params)
-            found = _find(loss_fn, upcast, method, fcfg["grad_tol"], fcfg, "float64")
+            found = _find(loss_fn, upcast, method, fcfg.grad_tol, fcfg, "float64")
             precision = {"finder_stages": "float32+float64", "classified_in": "float64",
-                         "grad_tol": fcfg["grad_tol"]}  # fmt: skip
+                         "grad_tol": fcfg.grad_tol}  # fmt: skip
         jax.block_until_ready(found)
         timings["finder_seconds"] = time.perf_counter() - t0
         return _measure(cfg, cell, arch, loss_fn, result, found, kinds, reached, timings,
@@ -190,28 +183,28 @@ def _trained(cfg, cell, ds, arch, loss_fn, train_cfg, cache) -> tuple[train.Trai
     The optimizer's hyperparameters are traced arguments of the compiled training program,
     so every learning rate of a grid shares one compilation.
     """
-    dtype = cfg["study"]["dtype"]
-    hparams = {k: v for k, v in cell["optimizer"].items() if k != "name"}
-    name = cell["optimizer"]["name"]
+    dtype = cfg.dtype
+    hparams = {k: v for k, v in cell.optimizer.items() if k != "name"}
+    name = cell.optimizer["name"]
     key = json.dumps(
-        [dtype, cfg["study"]["seed"], cell["data"], repr(arch), cell["loss"], cell["l2"],
-         cell["optimizer"], repr(train_cfg), jax.config.jax_enable_x64],
+        [dtype, cfg.seed, cell.data, repr(arch), cell.loss, cell.l2, cell.optimizer,
+         repr(train_cfg), jax.config.jax_enable_x64],
         sort_keys=True, default=str,
     )  # fmt: skip
     if cache.key == key:
         return cache.result, True
     cache.key = cache.result = None
     optim.make_optimizer(name, **hparams)  # checks the concrete values (the traced ones can't be)
-    init_key = replica_init_key(cfg["study"]["seed"], cell["data"], arch)
-    params_R = models.init_replicas(arch, init_key, cell["train"]["replicas"], dtype)
+    init_key = replica_init_key(cfg.seed, cell.data, arch)
+    params_R = models.init_replicas(arch, init_key, cell.train.replicas, dtype)
     factory = optim.OptimizerFactory(name)
     if train_cfg.batch_size is None:
         result = train.train_replicas(loss_fn, params_R, factory, train_cfg, hyperparams=hparams)
     else:
         batch_loss = losses.make_batch_loss_fn(
-            models.make_apply(arch), loss=cell["loss"], l2=float(cell["l2"])
+            models.make_apply(arch), loss=cell.loss, l2=float(cell.l2)
         )
-        xy = (jnp.asarray(ds.x), loss_targets(ds, cell["loss"]))
+        xy = (jnp.asarray(ds.x), loss_targets(ds, cell.loss))
         result = train.train_replicas(
             batch_loss, params_R, factory, train_cfg, data=xy,
             key=jax.random.fold_in(init_key, 1), hyperparams=hparams,
@@ -229,13 +222,13 @@ def float64_available() -> bool:
     return jax.devices()[0].platform != "tpu"
 
 
-def _find(loss_fn, starts, method: str, grad_tol: float, fcfg: dict, dtype: str):
+def _find(loss_fn, starts, method: str, grad_tol: float, fcfg: FinderSettings, dtype: str):
     """The finder ``method`` from every start, in ``dtype`` (``"none"``: the starts as found)."""
     if method == "none":
         return _starts_as_found(loss_fn, starts, grad_tol)
     return critical.find_critical_points(
-        loss_fn, starts, method=method, grad_tol=grad_tol, max_iters=fcfg["max_iters"],
-        batching=finder_batching(fcfg["batching"]), dtype=dtype,
+        loss_fn, starts, method=method, grad_tol=grad_tol, max_iters=fcfg.max_iters,
+        batching=finder_batching(fcfg.batching), dtype=dtype,
     )  # fmt: skip
 
 
@@ -275,8 +268,8 @@ def _point_inertias(cfg, cell, loss_fn, params_R, keep, devices=None) -> dict[in
     ``relative_tols`` (:class:`saddlestudy.inertia.Inertia` each), the eigenvalues all P of
     them (method "eigh") or None. Points are counted on every one of ``devices`` (None: the
     local devices) at once."""
-    spec = cfg["spectrum"]
-    method = cell["spectrum_method"]
+    spec = cfg.spectrum
+    method = cell.spectrum_method
     if method == "eigh":
         spectra = spectrum.hessian_spectra(loss_fn, params_R, method="dense")
         eig = np.asarray(spectra.eigenvalues)
@@ -284,7 +277,7 @@ def _point_inertias(cfg, cell, loss_fn, params_R, keep, devices=None) -> dict[in
         return {
             int(i): (
                 inertia.Inertia.from_eigenvalues(
-                    eig[i], float(error[i]), spec["zero_tols"], spec["relative_tols"]
+                    eig[i], float(error[i]), spec.zero_tols, spec.relative_tols
                 ),
                 eig[i],
             )
@@ -302,9 +295,7 @@ def _point_inertias(cfg, cell, loss_fn, params_R, keep, devices=None) -> dict[in
         # in parallel threads. The matmul precision is a thread-local setting: passed on.
         i, device = int(keep[j]), devices[j % len(devices)]
         point = jax.tree.map(lambda x: x[i], host)
-        key = jax.random.fold_in(
-            jax.random.key(cfg["study"]["seed"]), _stable_int(cell["cell_id"], i)
-        )
+        key = jax.random.fold_in(jax.random.key(cfg.seed), _stable_int(cell.cell_id, i))
         with jax.default_device(device), jax.default_matmul_precision(precision):
             point = jax.device_put(point, device)
             return (_inertias(loss_fn, point, method, key, spec), None)
@@ -324,13 +315,13 @@ def _inertias(loss_fn, params, method: str, key, spec: dict) -> tuple:
     return inertia.hessian_inertias(
         loss_fn,
         params,
-        zero_tols=spec["zero_tols"],
-        relative_tols=spec["relative_tols"],
+        zero_tols=spec.zero_tols,
+        relative_tols=spec.relative_tols,
         method=method,
         key=key,
-        failure_prob=spec["failure_prob"],
-        max_matvecs=spec["max_matvecs"],
-        num_slq_matvecs=min(P, spec["num_matvecs"]),
+        failure_prob=spec.failure_prob,
+        max_matvecs=spec.max_matvecs,
+        num_slq_matvecs=min(P, spec.num_matvecs),
     )
 
 
@@ -387,9 +378,9 @@ def _starts_as_found(loss_fn, starts, grad_tol: float) -> critical.CriticalPoint
 
 def _rows(cfg, cell, arch, result, found, counts, kinds, keep, timings, precision):
     n_starts = len(kinds)
-    t = cell["train"]
-    start_step = t["snapshot_steps"] + [None] * len(t["snapshot_losses"]) + [None]
-    start_level = [None] * len(t["snapshot_steps"]) + list(t["snapshot_losses"]) + [None]
+    t = cell.train
+    start_step = [*t.snapshot_steps] + [None] * len(t.snapshot_losses) + [None]
+    start_level = [None] * len(t.snapshot_steps) + list(t.snapshot_losses) + [None]
     # One transfer of the cell's device scalars, not one per row and field.
     host = jax.device_get({
         "loss_steps": result.loss_snapshot_steps, "steps": result.steps,
@@ -410,53 +401,53 @@ def _rows(cfg, cell, arch, result, found, counts, kinds, keep, timings, precisio
     loss_steps, steps_taken = host["loss_steps"], host["steps"]
     prov = provenance()
     cfg_hash = study_config.config_hash(cfg)
-    spec = cfg["spectrum"]
-    primary_tol = primary_zero_tol(spec["zero_tols"])
-    thresholds = [(t, False) for t in spec["zero_tols"]]
-    thresholds += [(c, True) for c in spec["relative_tols"]]
-    primary = spec["zero_tols"].index(primary_tol)
+    spec = cfg.spectrum
+    primary_tol = primary_zero_tol(spec.zero_tols)
+    thresholds = [(t, False) for t in spec.zero_tols]
+    thresholds += [(c, True) for c in spec.relative_tols]
+    primary = spec.zero_tols.index(primary_tol)
     columns: dict[str, list] = {}
     arrays: dict[str, np.ndarray] = {}
     for i in keep:
         r, s = divmod(int(i), n_starts)
-        row_id = f"{cell['cell_id']}:{i}"
+        row_id = f"{cell.cell_id}:{i}"
         kind = kinds[s]
         if kind == "step":
             step = start_step[s]
         elif kind == "loss":
-            step = int(loss_steps[r, s - len(t["snapshot_steps"])])
+            step = int(loss_steps[r, s - len(t.snapshot_steps)])
         else:
             step = int(steps_taken[r])
         inertias, eigenvalues = counts[int(i)]
         main = inertias[primary]
         row = {
             "row_id": row_id,
-            "study": cfg["study"]["name"],
+            "study": cfg.name,
             "config_hash": cfg_hash,
-            "cell_id": cell["cell_id"],
-            "dataset": cell["dataset"],
-            "data_args": json.dumps(cell["data"], sort_keys=True),
-            "num_samples": cell["num_samples"],
+            "cell_id": cell.cell_id,
+            "dataset": cell.dataset,
+            "data_args": json.dumps(cell.data, sort_keys=True),
+            "num_samples": cell.num_samples,
             "num_outputs": arch.out_features,  # with num_samples: where P crosses N x outputs
-            "depth": cell["depth"],
+            "depth": cell.depth,
             "width": max(arch.widths) if arch.widths else 0,
             "widths": "-".join(map(str, arch.widths)),
-            "activation": cell["activation"],
-            "loss_name": cell["loss"],
+            "activation": cell.activation,
+            "loss_name": cell.loss,
             "num_params": arch.num_params,
-            "optimizer": cell["optimizer"]["name"],
-            "optimizer_hparams": json.dumps(cell["optimizer"], sort_keys=True),
-            "learning_rate": float(cell["optimizer"].get("learning_rate", math.nan)),
-            "seed": cfg["study"]["seed"],
+            "optimizer": cell.optimizer["name"],
+            "optimizer_hparams": json.dumps(cell.optimizer, sort_keys=True),
+            "learning_rate": float(cell.optimizer.get("learning_rate", math.nan)),
+            "seed": cfg.seed,
             "replica": r,
             "start_kind": kind,
             "start_step": step,
             "start_loss_level": start_level[s],
             "train_diverged": bool(host["diverged"][r]),
             "train_loss": float(host["train_loss"][r]),
-            "finder_method": cell["finder_method"],
-            "grad_tol": cell["finder"]["grad_tol"],
-            "max_iters": 0 if cell["finder_method"] == "none" else cell["finder"]["max_iters"],
+            "finder_method": cell.finder_method,
+            "grad_tol": cell.finder.grad_tol,
+            "max_iters": 0 if cell.finder_method == "none" else cell.finder.max_iters,
             # The finder's precisions ("float64"; "float32+float64": float32, then polished in
             # float64) and the precision of the point and counts that classify the row.
             **precision,
@@ -501,7 +492,7 @@ def _rows(cfg, cell, arch, result, found, counts, kinds, keep, timings, precisio
             "num_matvecs": int(main.num_matvecs),
             **timings,
             **prov,
-            "dtype": cfg["study"]["dtype"],
+            "dtype": cfg.dtype,
         }
         for (tol, relative), x in zip(thresholds, inertias, strict=True):
             row.update(rows.count_values(tol, relative, x))
@@ -509,7 +500,7 @@ def _rows(cfg, cell, arch, result, found, counts, kinds, keep, timings, precisio
             columns.setdefault(key, []).append(value)
         if eigenvalues is not None:  # all P of them: nothing partial is ever stored
             arrays[f"{row_id}/eigenvalues"] = eigenvalues
-    return rows.table(columns, rows.schema(spec["zero_tols"], spec["relative_tols"])), arrays
+    return rows.table(columns, rows.schema(spec.zero_tols, spec.relative_tols)), arrays
 
 
 def _nullable_fraction(value, x):

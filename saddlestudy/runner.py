@@ -6,6 +6,7 @@ shows progress, and stores each cell's rows (:mod:`saddlestudy.store`). Rerunnin
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -19,6 +20,7 @@ import pyarrow as pa
 from saddlestudy import analysis, pipeline, rows, store
 from saddlestudy import config as study_config
 from saddlestudy.provenance import enable_compilation_cache, provenance
+from saddlestudy.study import Cell, Study
 
 DEFAULT_OUT = Path("results")
 
@@ -33,7 +35,7 @@ class Progress:
         self.t0 = time.perf_counter()
         self.computed = 0
 
-    def update(self, cell: dict, rows: int, skipped: bool) -> None:
+    def update(self, cell: Cell, rows: int, skipped: bool) -> None:
         self.done += 1
         self.points += rows
         elapsed = time.perf_counter() - self.t0
@@ -44,8 +46,8 @@ class Progress:
         if self.quiet:
             status = "skipped (complete)" if skipped else "done"
             print(
-                f"cell {self.done}/{self.total} {cell['cell_id']} P={cell['num_params']} "
-                f"{cell['optimizer']['name']} {status}: {rows} points",
+                f"cell {self.done}/{self.total} {cell.cell_id} P={cell.num_params} "
+                f"{cell.optimizer['name']} {status}: {rows} points",
                 file=self.stream, flush=True,
             )  # fmt: skip
             return
@@ -58,21 +60,21 @@ class Progress:
         )  # fmt: skip
 
 
-def _expected_rows(cell: dict) -> int | None:
+def _expected_rows(cell: Cell) -> int | None:
     # With loss-level snapshots the count depends on which levels were reached.
-    if cell["train"]["snapshot_losses"]:
+    if cell.train.snapshot_losses:
         return None
-    return cell["train"]["replicas"] * study_config.num_starts(cell["train"])
+    return cell.train.replicas * cell.train.num_starts
 
 
-def _compute_and_write(cfg: dict, cell: dict, out: str, cache=None) -> int:
+def _compute_and_write(cfg: Study, cell: Cell, out: str, cache=None) -> int:
     table, arrays = pipeline.run_cell(cfg, cell, cache=cache)
-    store.Store(out, cfg["study"]["name"]).write_cell(cell["cell_id"], table, arrays)
+    store.Store(out, cfg.name).write_cell(cell.cell_id, table, arrays)
     return table.num_rows
 
 
 def run_study(
-    cfg: dict,
+    cfg: Study,
     out: str | Path = DEFAULT_OUT,
     *,
     fresh: bool = False,
@@ -94,7 +96,7 @@ def run_study(
     """
     if backend not in ("local", "ray"):
         raise study_config.ConfigError(f"backend: unknown {backend!r}; choose 'local' or 'ray'")
-    with pipeline.study_precision(cfg["study"]["dtype"]):
+    with pipeline.study_precision(cfg.dtype):
         return _run_study(
             cfg, out, fresh=fresh, quiet=quiet, backend=backend, ray_address=ray_address,
             ray_gpus_per_task=ray_gpus_per_task, cell_done=cell_done,
@@ -104,32 +106,32 @@ def run_study(
 def _run_study(
     cfg, out, *, fresh, quiet, backend, ray_address, ray_gpus_per_task, cell_done
 ) -> Path:
-    if cfg["study"]["dtype"] == "float64" and not pipeline.float64_available():
+    if cfg.dtype == "float64" and not pipeline.float64_available():
         raise study_config.ConfigError(
             f"study.dtype: float64 is not available on {jax.devices()[0].platform}; set "
             'study.dtype = "float32" (the finder and the counts then run in float32)'
         )
     cells = study_config.expand(cfg)
     cfg_hash = study_config.config_hash(cfg)
-    st = store.Store(out, cfg["study"]["name"])
+    st = store.Store(out, cfg.name)
     with st.lock():
         manifest = {
-            "study": cfg["study"]["name"],
+            "study": cfg.name,
             "config_hash": cfg_hash,
-            "cells": [c["cell_id"] for c in cells],
+            "cells": [c.cell_id for c in cells],
             **provenance(),
         }
-        st.prepare(cfg, cfg_hash, manifest, fresh=fresh)
+        st.prepare(cfg.to_dict(), cfg_hash, manifest, fresh=fresh)
         progress = Progress(len(cells), quiet)
         todo = []
         for cell in cells:
-            problem = st.part_problem(cell["cell_id"], _expected_rows(cell))
+            problem = st.part_problem(cell.cell_id, _expected_rows(cell))
             if problem is None:
-                progress.update(cell, _rows_in(st, cell["cell_id"]), skipped=True)
+                progress.update(cell, _rows_in(st, cell.cell_id), skipped=True)
                 continue
             if problem != "missing":  # recomputed, as the store promises; said, not silent
                 print(
-                    f"cell {cell['cell_id']}: {problem}; recomputing it",
+                    f"cell {cell.cell_id}: {problem}; recomputing it",
                     file=sys.stderr, flush=True,
                 )  # fmt: skip
             todo.append(cell)
@@ -165,12 +167,13 @@ def ray_runtime_env(gpus_per_task: float) -> dict:
     return {}
 
 
-def _ray_cell(cfg: dict, cell: dict, out: str) -> int:
+def _ray_cell(cfg: Study, cell: Cell, out: str) -> int:
     """One cell in a Ray worker: the persistent compilation cache on, and the counting method
     planned from the worker's own device and memory share (the driver's may differ)."""
     enable_compilation_cache()
-    P = cell["num_params"]
-    cell = {**cell, "spectrum_method": study_config.spectrum_plan(cfg, P)}
+    cell = dataclasses.replace(
+        cell, spectrum_method=study_config.spectrum_plan(cfg, cell.num_params)
+    )
     return _compute_and_write(cfg, cell, out)
 
 

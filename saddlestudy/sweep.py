@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = store.load_results(directory)
     print(summarize(table))
     print(
-        f"{table.num_rows} points of study {cfg['study']['name']} "
+        f"{table.num_rows} points of study {cfg.name} "
         f"(config {study_config.config_hash(cfg)}) in {directory}/ "
         f"[{time.perf_counter() - t0:.1f} s]"
     )

@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import tomllib
 
 import pytest
@@ -30,16 +31,16 @@ def with_(path, value):
 
 def test_resolve_fills_defaults_and_expand_makes_the_grid():
     cfg = config.resolve(copy.deepcopy(BASE))
-    assert cfg["spectrum"]["zero_tols"] == [1e-8, 1e-6, 1e-5, 1e-4]
-    assert cfg["spectrum"]["relative_tols"] == [1e-3] and cfg["spectrum"]["method"] == "auto"
-    assert cfg["spectrum"]["full_spectrum_max_params"] == 2000
-    assert cfg["spectrum"]["dense_max_params"] == 0 and cfg["spectrum"]["max_matvecs"] == 3000
-    assert cfg["study"]["dtype"] == "float64"
+    assert cfg.spectrum.zero_tols == (1e-8, 1e-6, 1e-5, 1e-4)
+    assert cfg.spectrum.relative_tols == (1e-3,) and cfg.spectrum.method == "auto"
+    assert cfg.spectrum.full_spectrum_max_params == 2000
+    assert cfg.spectrum.dense_max_params == 0 and cfg.spectrum.max_matvecs == 3000
+    assert cfg.dtype == "float64"
     cells = config.expand(cfg)
     assert len(cells) == 2 * 2 * 2 * 2 * 2  # depth x width x activation x optimizer x finder
-    assert len({c["cell_id"] for c in cells}) == len(cells)
-    assert config.num_starts(cfg["train"]) == 2
-    by = {(c["depth"], c["width"]): c["num_params"] for c in cells}
+    assert len({c.cell_id for c in cells}) == len(cells)
+    assert cfg.train.num_starts == 2
+    by = {(c.depth, c.width): c.num_params for c in cells}
     assert by[(1, 3)] == 4 * 3 + 3 + 3 * 10 + 10
     assert by[(2, 5)] == 4 * 5 + 5 + 5 * 5 + 5 + 5 * 10 + 10
 
@@ -48,17 +49,17 @@ def test_hash_and_cell_ids_are_stable_and_sensitive():
     a = config.resolve(copy.deepcopy(BASE))
     b = config.resolve(copy.deepcopy(BASE))
     assert config.config_hash(a) == config.config_hash(b)
-    assert [c["cell_id"] for c in config.expand(a)] == [c["cell_id"] for c in config.expand(b)]
+    assert [c.cell_id for c in config.expand(a)] == [c.cell_id for c in config.expand(b)]
     c = config.resolve(with_(["finder", "grad_tol"], 1e-8))
     assert config.config_hash(c) != config.config_hash(a)
-    assert not {x["cell_id"] for x in config.expand(c)} & {x["cell_id"] for x in config.expand(a)}
+    assert not {x.cell_id for x in config.expand(c)} & {x.cell_id for x in config.expand(a)}
 
 
 def test_figures_table_is_validated_and_left_out_of_the_hash():
     a = config.resolve(copy.deepcopy(BASE))
-    assert a["figures"]["cutoffs"] == [1e-10, 1e-6]
+    assert a.figures.cutoffs == (1e-10, 1e-6)
     b = config.resolve(with_(["figures"], {"cutoffs": [1e-10, 1e-2, 10]}))
-    assert b["figures"]["cutoffs"] == [1e-10, 1e-2, 10.0]
+    assert b.figures.cutoffs == (1e-10, 1e-2, 10.0)
     assert config.config_hash(b) == config.config_hash(a)  # results on disk stay valid
     with pytest.raises(config.ConfigError, match=r"^figures\.cutoffs"):
         config.resolve(with_(["figures"], {"cutoffs": [0.0]}))
@@ -69,14 +70,14 @@ def test_figures_table_is_validated_and_left_out_of_the_hash():
 def test_per_layer_widths_pair_with_their_depth_and_depth_zero_once():
     cfg = config.resolve(with_(["model"], {"depth": [0, 2], "width": [3, [4, 2]]}))
     cells = config.expand(cfg)
-    shapes = {(c["depth"], str(c["width"])) for c in cells}
+    shapes = {(c.depth, config.width_text(c.width)) for c in cells}
     assert shapes == {(0, "3"), (2, "3"), (2, "[4, 2]")}
 
 
 def methods(spectrum):
     """P -> the method that counts each cell (BASE: P = 55, 67, 85, 115)."""
     cfg = config.resolve(with_(["spectrum"], spectrum))
-    return {c["num_params"]: c["spectrum_method"] for c in config.expand(cfg)}
+    return {c.num_params: c.spectrum_method for c in config.expand(cfg)}
 
 
 def test_each_cell_says_which_method_counts_it(monkeypatch):
@@ -98,9 +99,9 @@ def test_each_cell_says_which_method_counts_it(monkeypatch):
     }  # fmt: skip
     # The plan is not part of the cell id: a machine with more memory resumes the same cells.
     monkeypatch.undo()
-    ids = [c["cell_id"] for c in config.expand(config.resolve(copy.deepcopy(BASE)))]
+    ids = [c.cell_id for c in config.expand(config.resolve(copy.deepcopy(BASE)))]
     monkeypatch.setattr(config.inertia, "dense_fits", lambda P, itemsize: False)
-    assert [c["cell_id"] for c in config.expand(config.resolve(copy.deepcopy(BASE)))] == ids
+    assert [c.cell_id for c in config.expand(config.resolve(copy.deepcopy(BASE)))] == ids
 
 
 def test_dry_run_shows_the_method_of_each_cell():
@@ -183,7 +184,7 @@ def test_expand_errors_name_the_key():
     with pytest.raises(config.ConfigError, match=r"^train\.batch_size"):
         config.expand(cfg)
     cfg = config.resolve(with_(["model", "loss"], "cross_entropy"))
-    cfg["data"] = [{"name": "teacher_student", "num_samples": 16}]
+    cfg = dataclasses.replace(cfg, data=({"name": "teacher_student", "num_samples": 16},))
     with pytest.raises(config.ConfigError, match=r"^model\.loss"):
         config.expand(cfg)
 
@@ -201,16 +202,16 @@ def test_dense_spectra_that_cannot_fit_are_refused(monkeypatch):
             with pytest.raises(config.ConfigError, match=r"^spectrum\.method: \"dense\" at P=55"):
                 config.expand(cfg)
         else:
-            assert {c["spectrum_method"] for c in config.expand(cfg)} == {"lanczos+slq"}
+            assert {c.spectrum_method for c in config.expand(cfg)} == {"lanczos+slq"}
 
 
 def test_load_by_name_path_and_errors(tmp_path):
     cfg = config.load()  # the embedded default study
-    assert cfg["study"]["name"] == "default"
+    assert cfg.name == "default"
     cells = config.expand(cfg)
-    Ps = sorted({c["num_params"] for c in cells})
-    assert len(Ps) >= 4 and Ps[-1] / Ps[0] >= 10 and cfg["train"]["replicas"] >= 8
-    names = {c["optimizer"]["name"] for c in cells}
+    Ps = sorted({c.num_params for c in cells})
+    assert len(Ps) >= 4 and Ps[-1] / Ps[0] >= 10 and cfg.train.replicas >= 8
+    names = {c.optimizer["name"] for c in cells}
     assert names & {"irprop-", "irprop+", "rprop-", "rprop+", "quickprop"} and names & {
         "adam",
         "sgd",
@@ -248,14 +249,14 @@ def test_quick_table_and_set_overrides(tmp_path):
         '[[quick.data]]\nname = "w1w2"\n'
     )
     full, quick = config.load(path), config.load(path, quick=True)
-    assert full["train"]["replicas"] == 8 and full["model"]["width"] == [3, 5, 7]
-    assert quick["train"]["replicas"] == 2 and quick["model"]["width"] == [3]
-    assert quick["data"] == [{"name": "w1w2"}] and quick["train"]["num_steps"] == 100
+    assert full.train.replicas == 8 and full.models[0].width == (3, 5, 7)
+    assert quick.train.replicas == 2 and quick.models[0].width == (3,)
+    assert quick.data == ({"name": "w1w2"},) and quick.train.num_steps == 100
     assert config.config_hash(full) != config.config_hash(quick)
     name, value = config.parse_override("model.width=[4, 8]")
     assert (name, value) == ("model.width", [4, 8])
     cfg = config.load(path, overrides={name: value, "train.replicas": 3})
-    assert cfg["model"]["width"] == [4, 8] and cfg["train"]["replicas"] == 3
+    assert cfg.models[0].width == (4, 8) and cfg.train.replicas == 3
     # Bad overrides: one line naming the key, before anything runs.
     with pytest.raises(config.ConfigError, match="TABLE.KEY=VALUE"):
         config.parse_override("replicas=2")
@@ -308,14 +309,11 @@ def test_model_tables_union_their_grids_with_their_own_train_settings():
     raw["optimizer"] = raw["optimizer"][:1]
     cfg = config.resolve(raw)
     cells = config.expand(cfg)
-    got = sorted((c["depth"], c["width"], c["train"]["replicas"]) for c in cells)
+    got = sorted((c.depth, c.width, c.train.replicas) for c in cells)
     assert got == [(1, 3, 2), (1, 5, 2), (2, 4, 1)]
-    by_depth = {c["depth"]: c for c in cells}
-    assert (
-        config.num_starts(by_depth[1]["train"]) == 2
-        and config.num_starts(by_depth[2]["train"]) == 1
-    )
-    assert by_depth[2]["train"]["num_steps"] == 100  # the rest of [train] is inherited
+    by_depth = {c.depth: c for c in cells}
+    assert by_depth[1].train.num_starts == 2 and by_depth[2].train.num_starts == 1
+    assert by_depth[2].train.num_steps == 100  # the rest of [train] is inherited
     # The same architecture under other train settings is another cell; the same one twice is
     # refused in one line.
     raw["model"].append({"depth": [2], "width": [4]})
@@ -334,14 +332,14 @@ def test_model_tables_may_set_their_own_finder_budget():
     plain = config.resolve(raw)
     raw["model"].append({"depth": [2], "width": [4], "finder": {"max_iters": 500}})
     cfg = config.resolve(raw)
-    cells = {c["depth"]: c for c in config.expand(cfg)}
-    assert cells[1]["finder"]["max_iters"] == 20 and cells[2]["finder"]["max_iters"] == 500
-    assert cells[2]["finder"]["grad_tol"] == 1e-10  # the rest of [finder] is inherited
+    cells = {c.depth: c for c in config.expand(cfg)}
+    assert cells[1].finder.max_iters == 20 and cells[2].finder.max_iters == 500
+    assert cells[2].finder.grad_tol == 1e-10  # the rest of [finder] is inherited
     # A table without [model.finder] keeps its cells' ids; the study's hash changes.
-    assert cells[1]["cell_id"] == config.expand(plain)[0]["cell_id"]
+    assert cells[1].cell_id == config.expand(plain)[0].cell_id
     assert config.config_hash(cfg) != config.config_hash(plain)
     same = {**raw, "model": [raw["model"][0], {"depth": [2], "width": [4]}]}
-    assert config.expand(config.resolve(same))[1]["cell_id"] != cells[2]["cell_id"]
+    assert config.expand(config.resolve(same))[1].cell_id != cells[2].cell_id
     for finder, match in (
         ({"method": "gradnorm"}, r"^model\[1\]\.finder\.method: unknown key"),
         ({"max_iters": 0}, r"^model\[1\]\.finder\.max_iters: must be an int >= 1"),
@@ -377,24 +375,24 @@ def test_census_studies_meet_at_equal_sizes_and_span_the_decades():
     full = config.expand(config.load("census"))
     sizes = {}
     for c in full:
-        sizes.setdefault(c["depth"], set()).add(c["num_params"])
+        sizes.setdefault(c.depth, set()).add(c.num_params)
     for target in (1e3, 5e3, 1e4):
         near = [min(s, key=lambda p: abs(p - target)) for s in sizes.values()]
         assert len(near) == 3 and max(near) / min(near) < 1.08, (target, near)
-    assert max(c["num_params"] for c in full) >= 2e4
-    assert all(c["train"]["replicas"] >= 16 for c in full if c["num_params"] <= 5.1e3)
-    assert all(c["spectrum_method"] in ("eigh", "dense") for c in full)
+    assert max(c.num_params for c in full) >= 2e4
+    assert all(c.train.replicas >= 16 for c in full if c.num_params <= 5.1e3)
+    assert all(c.spectrum_method in ("eigh", "dense") for c in full)
     quick = config.expand(config.load("census", quick=True))
-    ps = [c["num_params"] for c in quick]
+    ps = [c.num_params for c in quick]
     assert max(ps) >= 1e4 and max(ps) / min(ps) >= 100
-    assert config.load("census")["model"][0]["loss"] == "mse"
-    assert all(c["l2"] == 0 for c in full)
+    assert config.load("census").models[0].loss == "mse"
+    assert all(c.l2 == 0 for c in full)
 
 
 def test_gpu_census_reaches_two_hundred_thousand_parameters():
     cells = config.expand(config.load("census_gpu"))
-    assert max(c["num_params"] for c in cells) >= 2e5
-    assert {c["depth"] for c in cells if c["num_params"] >= 9e4} == {1, 2, 4}
+    assert max(c.num_params for c in cells) >= 2e5
+    assert {c.depth for c in cells if c.num_params >= 9e4} == {1, 2, 4}
 
 
 def test_describe_names_the_primary_tolerance():
@@ -424,5 +422,5 @@ def test_tolerances_that_would_share_a_column_are_refused(spectrum, key):
 def test_tolerances_differing_beyond_the_first_digit_are_kept_apart():
     cfg = config.resolve(with_(["spectrum"], {"zero_tols": [1e-5, 1.2e-5],
                                               "relative_tols": [1e-3, 1.5e-3]}))  # fmt: skip
-    assert cfg["spectrum"]["zero_tols"] == [1e-5, 1.2e-5]
-    assert cfg["spectrum"]["relative_tols"] == [1e-3, 1.5e-3]
+    assert cfg.spectrum.zero_tols == (1e-5, 1.2e-5)
+    assert cfg.spectrum.relative_tols == (1e-3, 1.5e-3)

@@ -108,13 +108,12 @@ STUDY = textwrap.dedent(
     """
     import json, sys
     import jax
-    from saddlestudy import config, store, sweep
+    from saddlestudy import config, runner, store
 
     path, out = sys.argv[1], sys.argv[2]
     rows = {}
     for batching in ("map", "vmap"):
-        cfg = config.load(path)
-        cfg["finder"]["batching"] = batching
+        cfg = config.load(path, overrides={"finder.batching": batching})
         runner.run_study(cfg, f"{out}/{batching}", quiet=True)
         rows[batching] = store.load_results(f"{out}/{batching}", "devices").to_pylist()
     print(json.dumps({"devices": len(jax.devices()), "rows": rows}, default=str))

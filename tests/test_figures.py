@@ -247,9 +247,9 @@ def test_the_figures_table_is_checked_and_not_hashed():
     base = {"study": {"name": "x"}, "data": [{"name": "digits"}],
             "optimizer": [{"name": "adam", "learning_rate": 0.01}]}  # fmt: skip
     plain = config.resolve(base)
-    assert plain["figures"]["draw"] == list(config.DEFAULT_FIGURES)
+    assert plain.figures.draw == config.DEFAULT_FIGURES
     drawn = config.resolve({**base, "figures": {"draw": ["census", "scaling"]}})
-    assert drawn["figures"]["draw"] == ["scaling", "census"]  # config.FIGURES order
+    assert drawn.figures.draw == ("scaling", "census")  # config.FIGURES order
     assert config.config_hash(drawn) == config.config_hash(plain)
     with pytest.raises(config.ConfigError, match=r"^figures.draw: unknown figure 'histogram'"):
         config.resolve({**base, "figures": {"draw": ["histogram"]}})

@@ -48,7 +48,7 @@ def ids(name: str, quick: bool) -> dict:
     cfg = config.load(ROOT / "experiments" / f"{name}.toml", quick=quick)
     return {
         "config_hash": config.config_hash(cfg),
-        "cell_ids": [c["cell_id"] for c in config.expand(cfg)],
+        "cell_ids": [c.cell_id for c in config.expand(cfg)],
     }
 
 

@@ -69,7 +69,7 @@ def test_study_writes_one_row_per_point_with_provenance(tmp_path, restore_x64, c
         assert not [k for k, v in r.items() if v is None and k != "start_loss_level"]
     assert {r["start_kind"] for r in rows} == {"step", "end"}
     saved = json.loads((tmp_path / "out" / "tiny" / "config.json").read_text())
-    assert saved == cfg
+    assert saved == cfg.to_dict() and config.resolve(saved) == cfg  # the stored config reads back
 
 
 def test_rerun_skips_completed_cells_and_is_deterministic(tmp_path, restore_x64):
@@ -270,21 +270,21 @@ def test_counts_past_the_full_spectrum_hold_against_a_dense_reference(
     # caller's setting; in float64, as the study computed them.
     # full_spectrum_max_params = 0: every point is counted by hessian_inertia, one by one.
     points = []
-    real = inertia.hessian_inertia
+    real = inertia.hessian_inertias
 
     def spy(loss_fn, params, **kwargs):
         if kwargs["method"] in (method, "lanczos+slq"):  # "auto" past the cap: lanczos+slq
             points.append((loss_fn, params))
         return real(loss_fn, params, **kwargs)
 
-    monkeypatch.setattr(inertia, "hessian_inertia", spy)
+    monkeypatch.setattr(inertia, "hessian_inertias", spy)
     extra, recorded_methods = INERTIA_CASES[method]
     overrides = {"spectrum.full_spectrum_max_params": 0, "spectrum.method": method,
                  "train.replicas": 1, **extra}  # fmt: skip
     cfg = config.load(write_config(tmp_path, widths="[2]"), overrides=overrides)
     rows = store.load_results(runner.run_study(cfg, tmp_path, quiet=True)).to_pylist()
     assert len(rows) == len(points) == 2
-    suffixes = [(analysis.tol_column("", t)[1:], t) for t in cfg["spectrum"]["zero_tols"]]
+    suffixes = [(analysis.tol_column("", t)[1:], t) for t in cfg.spectrum.zero_tols]
     suffixes += [("rel1e-3", None)]
     exact_seen = []
     for row, (loss_fn, params) in zip(rows, points, strict=True):
@@ -393,7 +393,7 @@ def test_random_labels_study_leaves_x64_as_the_caller_set_it(tmp_path, x32):
     assert eig.dtype == np.float64 and {r["dtype"] for r in rows} == {"float64"}
     # The cell's targets: the digits labels under the seed-1 permutation.
     labels = data.digits(pca_dim=4, num_samples=64, dtype="float64").y
-    shuffled = config.load_cell_dataset(cfg, cfg["data"][0]).y
+    shuffled = config.load_cell_dataset(cfg.data[0], cfg.dtype).y
     np.testing.assert_array_equal(shuffled, labels[np.random.default_rng(1).permutation(64)])
     assert not np.array_equal(shuffled, labels)
 
@@ -596,7 +596,7 @@ def test_a_learning_rate_grid_compiles_once_and_finders_reuse_the_training(tmp_p
             cell_done=lambda cell: (done.append(cell), compiled_per_cell.append(len(compiled))),
         )  # fmt: skip
     table = store.load_results(tmp_path / "out", "lrgrid").to_pylist()
-    cells = [c["cell_id"] for c in done]
+    cells = [c.cell_id for c in done]
     assert len(cells) == 8
     # After one cell per finder method, every learning rate and finder compiles nothing.
     assert compiled_per_cell[1] == compiled_per_cell[-1], compiled_per_cell
