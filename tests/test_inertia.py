@@ -679,12 +679,14 @@ def test_one_dense_or_not_rule(monkeypatch, P, method, full, cap, expected):
                              dense_max_params=cap)  # fmt: skip
     assert got == expected
     # The study's cells plan with the same rule (0: no cap in the config).
+    import dataclasses
+
     from saddlestudy import config
 
-    cfg = {"study": {"dtype": "float64"},
-           "spectrum": {"method": method, "full_spectrum_max_params": full,
-                        "dense_max_params": cap or 0}}  # fmt: skip
-    assert config.spectrum_plan(cfg, P) == expected
+    cfg = config.load("default")  # float64
+    spec = dataclasses.replace(cfg.spectrum, method=method, full_spectrum_max_params=full,
+                               dense_max_params=cap or 0)  # fmt: skip
+    assert config.spectrum_plan(dataclasses.replace(cfg, spectrum=spec), P) == expected
 
 
 def test_auto_inertia_uses_the_rule(x64, monkeypatch):
