@@ -290,19 +290,17 @@ def mlp_point(width: int, key: jax.Array, adam_steps: int = 2000, iters: int = 1
 
 
 def thresholds() -> list[tuple[str, float]]:
-    """(kind, tolerance) in the order ``hessian_inertia`` returns them."""
+    """(kind, tolerance) in the order ``hessian_inertias`` returns them."""
     return [("absolute", t) for t in ABSOLUTE_TOLS] + [("relative", t) for t in RELATIVE_TOLS]
 
 
 def _call(point: Point, key: jax.Array, spec: dict, **kwargs) -> tuple[tuple[Any, ...], float]:
-    """One ``hessian_inertia`` call at the thresholds of ``spec`` (``zero_tol`` and/or
-    ``relative_tol``): the results as a tuple, and the call's wall time (compilation
-    included)."""
+    """One ``hessian_inertias`` call at the thresholds of ``spec`` (``zero_tols`` and/or
+    ``relative_tols``): the results, and the call's wall time (compilation included)."""
     t0 = time.perf_counter()
-    results = ss.hessian_inertia(
+    results = ss.hessian_inertias(
         point.loss_fn, point.params, key=key, failure_prob=FAILURE_PROB, **spec, **kwargs
     )
-    results = results if isinstance(results, tuple) else (results,)
     return results, time.perf_counter() - t0
 
 
@@ -381,7 +379,7 @@ def measure_point(
         return None if dense is None else _dense_truth(dense)[0](float(result.zero_tol))
 
     for kind, tol in thresholds():
-        spec = {"zero_tol": tol} if kind == "absolute" else {"relative_tol": tol}
+        spec = {"zero_tols": [tol]} if kind == "absolute" else {"relative_tols": [tol]}
         for budget in lanczos_ladder(plan.lanczos_budgets, P):
             (result,), seconds = _call(point, key, spec, method="lanczos", max_matvecs=budget)
             yield record(
@@ -389,7 +387,7 @@ def measure_point(
             )
             if result.exact:
                 break
-    every = {"zero_tol": ABSOLUTE_TOLS, "relative_tol": RELATIVE_TOLS}
+    every = {"zero_tols": ABSOLUTE_TOLS, "relative_tols": RELATIVE_TOLS}
     for probes, depth in plan.slq_budgets:
         depth = min(depth, P)
         results, seconds = _call(

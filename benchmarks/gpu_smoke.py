@@ -219,7 +219,7 @@ def sweep_study(quick: bool, deadline: float):
     cells_done = []
 
     def cell_done(cell):
-        cells_done.append(cell["cell_id"])
+        cells_done.append(cell.cell_id)
         if time.perf_counter() > deadline:
             raise _OverBudget
 

@@ -55,9 +55,16 @@ FINDER_AND_COUNTS = textwrap.dedent(
             "params_diff": np.max(np.abs(
                 ravel(runs[0].params, 1) - ravel(runs[1].params, 1)), axis=1).tolist(),
         })
-    cfg = {"study": {"seed": 0}, "spectrum": {"zero_tols": [1e-5], "relative_tols": [1e-3],
-           "failure_prob": 1e-3, "max_matvecs": 200, "num_matvecs": 50}}
-    cell = {"spectrum_method": "dense", "cell_id": "x"}
+    import dataclasses
+    import types
+
+    from saddlestudy import config
+
+    study = config.load("default")
+    spec = dataclasses.replace(study.spectrum, zero_tols=(1e-5,), relative_tols=(1e-3,),
+                               failure_prob=1e-3, max_matvecs=200, num_matvecs=50)
+    cfg = dataclasses.replace(study, seed=0, spectrum=spec)
+    cell = types.SimpleNamespace(spectrum_method="dense", cell_id="x")  # what counting reads
     keep = np.array([0, 2, 3, 4, 5, 7])
     every = pipeline._point_inertias(cfg, cell, loss_fn, starts, keep)
     one = pipeline._point_inertias(cfg, cell, loss_fn, starts, keep, devices=jax.devices()[:1])
