@@ -28,6 +28,17 @@ def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
     return value
 
 
+def check_number(name: str, value: Any, *, zero_ok: bool = False) -> float:
+    """``value`` as a float if it is finite and > 0 (>= 0 with ``zero_ok``), else a ValueError."""
+    try:
+        result = float(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a number, got {value!r}") from err
+    if not (math.isfinite(result) and (result >= 0 if zero_ok else result > 0)):
+        raise ValueError(f"{name} must be finite and {'>=' if zero_ok else '>'} 0, got {value!r}")
+    return result
+
+
 def reject_renamed(function: str, passed: dict[str, Any], renamed: dict[str, str]) -> None:
     """Refuses keywords that were renamed (naming the new one) and any other unknown keyword."""
     for old in passed:

@@ -82,7 +82,14 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from saddlestudy import _devices, hessian, krylov, linalg, spectrum
-from saddlestudy._checks import check_int, check_params, check_scalar_loss, is_int, reject_renamed
+from saddlestudy._checks import (
+    check_int,
+    check_number,
+    check_params,
+    check_scalar_loss,
+    is_int,
+    reject_renamed,
+)
 from saddlestudy._results import plain, ravel_batched
 
 Params = Any
@@ -452,12 +459,7 @@ def _resolve_config(
         )
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
-    try:
-        tol = float(grad_tol)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"grad_tol must be a number, got {grad_tol!r}") from err
-    if not (math.isfinite(tol) and tol > 0):
-        raise ValueError(f"grad_tol must be finite and > 0, got {grad_tol!r}")
+    tol = check_number("grad_tol", grad_tol)
     if max_iters is None:
         max_iters = DEFAULT_MAX_ITERS[method]
     max_iters = check_int("max_iters", max_iters, 1)

@@ -88,7 +88,7 @@ from jax.flatten_util import ravel_pytree
 
 from saddlestudy import hessian, krylov, memory
 from saddlestudy import spectrum as spectrum_lib
-from saddlestudy._checks import check_int, check_loss_and_params, non_finite_error
+from saddlestudy._checks import check_int, check_loss_and_params, check_number, non_finite_error
 
 Params = Any
 LossFn = Callable[[Params], jax.Array]
@@ -917,16 +917,7 @@ def _thresholds(zero_tols, relative_tols) -> tuple[list[float], list[float]]:
     def as_list(name, values):
         if np.ndim(values) != 1:
             raise ValueError(f"{name} must be a sequence of numbers, got {values!r}")
-        out = []
-        for v in values:
-            try:
-                f = float(v)
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"{name} must be numbers, got {v!r}") from err
-            if not (math.isfinite(f) and f > 0):
-                raise ValueError(f"{name} must be finite and > 0, got {v!r}")
-            out.append(f)
-        return out
+        return [check_number(name, v) for v in values]
 
     absolute, relative = as_list("zero_tols", zero_tols), as_list("relative_tols", relative_tols)
     if not absolute and not relative:

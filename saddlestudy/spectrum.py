@@ -90,7 +90,7 @@ from jax.flatten_util import ravel_pytree
 from matfree import stochtrace
 
 from saddlestudy import hessian, krylov, memory
-from saddlestudy._checks import check_int, check_loss_and_params, non_finite_error
+from saddlestudy._checks import check_int, check_loss_and_params, check_number, non_finite_error
 from saddlestudy._results import plain, ravel_batched
 from saddlestudy.memory import device_memory_bytes  # noqa: F401  (config.py reads it here)
 
@@ -635,13 +635,7 @@ _trace_jit = jax.jit(_trace_core, static_argnums=0, static_argnames=("num_probes
 
 def check_zero_tol(zero_tol: Any) -> float:
     """``zero_tol`` as a float; ValueError unless it is a finite number >= 0."""
-    try:
-        value = float(zero_tol)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"zero_tol must be a number, got {zero_tol!r}") from err
-    if not (math.isfinite(value) and value >= 0.0):
-        raise ValueError(f"zero_tol must be finite and >= 0, got {zero_tol!r}")
-    return value
+    return check_number("zero_tol", zero_tol, zero_ok=True)
 
 
 def _counts(
@@ -720,16 +714,6 @@ def _bracket_weight(weights: jax.Array, num_below: jax.Array) -> jax.Array:
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_positive(name: str, value: Any) -> float:
-    try:
-        result = float(value)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be a positive number, got {value!r}") from err
-    if not (math.isfinite(result) and result > 0):
-        raise ValueError(f"{name} must be finite and > 0, got {value!r}")
-    return result
-
-
 def _plan(loss_fn, params, options: _Options, num_replicas: int) -> tuple[int, int]:
     return memory.plan(
         loss_fn,
@@ -800,14 +784,14 @@ def _resolve_options(
         num_extreme = min(DEFAULT_NUM_EXTREME, num_matvecs)
     num_extreme = check_int("num_extreme", num_extreme, 1, num_matvecs)
     # sqrt(eps): a residual this small makes an isolated eigenvalue accurate to ~eps.
-    tol = math.sqrt(float(jnp.finfo(dtype).eps)) if tol is None else _check_positive("tol", tol)
+    tol = math.sqrt(float(jnp.finfo(dtype).eps)) if tol is None else check_number("tol", tol)
     if method == "lanczos":
         return _Options(**common, num_matvecs=num_matvecs, num_extreme=num_extreme, tol=tol)
     num_probes = check_int(
         "num_probes", DEFAULT_NUM_PROBES if num_probes is None else num_probes, 2
     )
     if density_width is not None:
-        density_width = _check_positive("density_width", density_width)
+        density_width = check_number("density_width", density_width)
     return _Options(**common, num_matvecs=num_matvecs, num_probes=num_probes,
                     chunk_size=chunk_size, tol=tol, density_width=density_width)  # fmt: skip
 
@@ -1030,7 +1014,7 @@ def hessian_eigenpairs(
     if num_matvecs is None:
         num_matvecs = min(num_params, max(DEFAULT_NUM_MATVECS, 4 * k))
     num_matvecs = check_int("num_matvecs", num_matvecs, max(2, k), num_params)
-    tol = math.sqrt(float(jnp.finfo(dtype).eps)) if tol is None else _check_positive("tol", tol)
+    tol = math.sqrt(float(jnp.finfo(dtype).eps)) if tol is None else check_number("tol", tol)
     values, vectors, bounds, converged, used, finite = _eigenpairs_jit(
         loss_fn,
         params,
