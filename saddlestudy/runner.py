@@ -82,7 +82,7 @@ def run_study(
     backend: str = "local",
     ray_address: str | None = None,
     ray_gpus_per_task: float = 0.0,
-    cell_done: Callable[[dict], None] | None = None,
+    cell_done: Callable[[Cell], None] | None = None,
 ) -> Path:
     """Runs (or resumes) a resolved study into ``out/<study>/``; returns that directory.
 

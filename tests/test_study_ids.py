@@ -75,3 +75,18 @@ def test_the_census_snapshot_holds_the_recorded_cells():
     recorded = RECORDED[SNAPSHOT]
     assert manifest["config_hash"] == recorded["config_hash"]
     assert manifest["cells"] == recorded["cell_ids"]
+
+
+@pytest.mark.e2e  # unpacks the 7 MB snapshot and checks its 34 part files
+def test_a_census_sweep_over_the_snapshot_finds_every_cell_done(tmp_path, monkeypatch):
+    from saddlestudy import runner
+
+    with tarfile.open(ROOT / SNAPSHOT) as tar:
+        tar.extractall(tmp_path, filter="data")
+
+    def recompute(cfg, cell, out, cache=None):
+        raise AssertionError(f"cell {cell.cell_id} of the committed census would be recomputed")
+
+    monkeypatch.setattr(runner, "_compute_and_write", recompute)
+    done = runner.run_study(config.load("census"), out=tmp_path, quiet=True)
+    assert done == tmp_path / "census"
