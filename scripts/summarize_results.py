@@ -154,6 +154,11 @@ def census_tables(df: pd.DataFrame) -> str:
             fit = census.fit_growth(df, cutoff=cutoff, zero_tol=tol, relative=relative)
             out.append(f"Growth law k ~ P^b (|grad L|^2 < {cutoff:g}, tau = {tau}):\n")
             out.append(_table(fit) + "\n")
+    below = df[df["num_params"] <= STALL_MAX_PARAMS]
+    fit = census.fit_growth(below, cutoff=1e-6, zero_tol=ZERO_TOL)
+    out.append(f"Growth law of the stall points, P <= {STALL_MAX_PARAMS:,} (|grad L|^2 < 1e-6):\n")
+    out.append(_table(fit[fit["regime"] == "all"]) + "\n")
+    out.append(census_classes(df))
     matched = census.matched_loss_summary(df, zero_tol=ZERO_TOL)
     out.append("Index at matched loss (Newton-MR from the first step below each level):\n")
     out.append(_table(matched) + "\n")
@@ -163,6 +168,39 @@ def census_tables(df: pd.DataFrame) -> str:
         out.append(_table(slope) + "\n")
     return "\n".join(out)
 
+
+def census_classes(df: pd.DataFrame) -> str:
+    """How the finder's runs from the end points ended, per depth and P (counts of each
+    point class, the number below grad_tol, median iterations and last-step ratio of those),
+    and what each part of the census cost (the cells' own wall times, minutes)."""
+    ends = analysis.with_status(df[df["start_kind"] == "end"])
+    kinds = [k for k in analysis.POINT_CLASSES if (ends["point_class"] == k).any()]
+    table = analysis.class_fractions(ends, by=["depth", "num_params"])
+    reached = ends[ends["converged"]].groupby(["depth", "num_params"])
+    table = table.merge(
+        reached.agg(num_reached=("row_id", "size"), reached_ratio=("last_step_ratio", "median")),
+        on=["depth", "num_params"], how="left",
+    ).merge(
+        ends.groupby(["depth", "num_params"]).agg(iterations=("iterations", "median")),
+        on=["depth", "num_params"],
+    )  # fmt: skip
+    cols = ["depth", "num_params", "num_points", *(f"num_{k}" for k in kinds), "num_reached",
+            "iterations", "reached_ratio"]  # fmt: skip
+    out = ["How the finder's runs from the end points ended (num_reached: below grad_tol):\n",
+           _table(table[cols].fillna({"num_reached": 0})) + "\n"]  # fmt: skip
+    cells = df.groupby("cell_id").agg(
+        num_params=("num_params", "first"), train=("train_seconds", "first"),
+        finder=("finder_seconds", "first"), counts=("spectrum_seconds", "first"),
+    )  # fmt: skip
+    cost = cells.groupby("num_params")[["train", "finder", "counts"]].sum() / 60.0
+    cost.loc["all"] = cost.sum()
+    out += ["Cost per size (minutes of the cells' wall time):\n", _table(cost.reset_index()) + "\n"]
+    return "\n".join(out)
+
+
+# The census sizes whose end points stall far from interpolation (P ~ 1.2e2 ... 1e3, loss
+# 0.03 ... 0.8): RESULTS.md section 6 fits the stall points' growth law over them.
+STALL_MAX_PARAMS = 2_000
 
 # Studies a full run of scripts/reproduce_paper.sh makes but --quick does not (left out, said).
 OPTIONAL = {"census": census_tables}
