@@ -176,18 +176,16 @@ def census_classes(df: pd.DataFrame) -> str:
     ends = analysis.with_status(df[df["start_kind"] == "end"])
     kinds = [k for k in analysis.POINT_CLASSES if (ends["point_class"] == k).any()]
     table = analysis.class_fractions(ends, by=["depth", "num_params"])
-    reached = ends[ends["converged"]].groupby(["depth", "num_params"])
-    table = table.merge(
-        reached.agg(num_reached=("row_id", "size"), reached_ratio=("last_step_ratio", "median")),
-        on=["depth", "num_params"], how="left",
-    ).merge(
-        ends.groupby(["depth", "num_params"]).agg(iterations=("iterations", "median")),
-        on=["depth", "num_params"],
+    ends = ends.assign(reached_ratio=ends["last_step_ratio"].where(ends["converged"]))
+    runs = ends.groupby(["depth", "num_params"]).agg(
+        num_reached=("converged", "sum"), iterations=("iterations", "median"),
+        reached_ratio=("reached_ratio", "median"),
     )  # fmt: skip
+    table = table.merge(runs, on=["depth", "num_params"])
     cols = ["depth", "num_params", "num_points", *(f"num_{k}" for k in kinds), "num_reached",
             "iterations", "reached_ratio"]  # fmt: skip
     out = ["How the finder's runs from the end points ended (num_reached: below grad_tol):\n",
-           _table(table[cols].fillna({"num_reached": 0})) + "\n"]  # fmt: skip
+           _table(table[cols]) + "\n"]  # fmt: skip
     cells = df.groupby("cell_id").agg(
         num_params=("num_params", "first"), train=("train_seconds", "first"),
         finder=("finder_seconds", "first"), counts=("spectrum_seconds", "first"),
